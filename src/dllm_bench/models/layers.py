@@ -1,0 +1,219 @@
+"""The bidirectional transformer that LLaDA and Dream share.
+
+Both architectures are Llama-style pre-norm transformers with RoPE, SwiGLU MLPs and RMSNorm; they
+differ in parameter names (handled by ``llada.py`` / ``dream.py``), QKV bias, GQA and what the
+decoding loop does with the logits (``DecodingProfile``). Attention is never causal.
+
+Keys are cached *after* rotation (the reference rotates cached keys again at each call with the
+same absolute positions; the result is the same function). Every forward may read and write a
+``KVCache``: fresh K/V of the fed window are written at their absolute positions and attention
+runs over the whole cached length, which is what both the prefix and the dual cache need.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kv import KVCache
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture-neutral shape of a checkpoint (filled from its config.json)."""
+
+    arch: str  # "llada" | "dream"
+    vocab_size: int  # rows of the embedding / columns of the logits
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    mlp_hidden: int
+    rope_theta: float
+    norm_eps: float
+    qkv_bias: bool
+    tie_embeddings: bool
+    max_length: int
+    mask_token_id: int
+    eos_token_id: int | None
+    pad_token_id: int | None
+    bos_token_id: int | None = None
+    rope_full_precision: bool = True  # rotate q/k in float32 (LLaDA) or in the model dtype (Dream)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def n_params(self) -> int:
+        d, h, f, v = self.d_model, self.head_dim, self.mlp_hidden, self.vocab_size
+        attn = d * d * 2 + 2 * d * self.n_kv_heads * h
+        per_layer = attn + 3 * d * f + 2 * d
+        head = 0 if self.tie_embeddings else v * d
+        return self.n_layers * per_layer + v * d + head + d
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, cast back before the weight (as both references do)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Rotary(nn.Module):
+    """RoPE tables for arbitrary absolute positions, computed in float32."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: (B, T) long -> cos, sin: (B, 1, T, head_dim) float32
+        freqs = positions.float()[..., None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fp32: bool = True) -> torch.Tensor:
+    """Rotate (B, H, T, D) by the tables, in float32 (``fp32``) or in x's dtype; result in x's dtype."""
+    xf = x.float() if fp32 else x
+    if not fp32:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, h = cfg.d_model, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, h
+        self.rope_fp32 = cfg.rope_full_precision
+        self.q_proj = nn.Linear(d, cfg.n_heads * h, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, cfg.n_kv_heads * h, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, cfg.n_kv_heads * h, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * h, d, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask, cache: KVCache | None, layer: int, start: int):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin, self.rope_fp32), apply_rotary(k, cos, sin, self.rope_fp32)
+        if cache is not None:
+            k, v = cache.write(layer, start, k, v)  # whole cached length, (B, Hkv, L, D)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attn_mask, cache, layer, start):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache, layer, start)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """Embedding -> blocks -> norm -> LM head. ``forward`` returns raw logits (B, T, V)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        c = self.config
+        return KVCache(c.n_layers, batch, c.n_kv_heads, length, c.head_dim, self.dtype, self.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+        logits_slice: slice | None = None,
+    ) -> torch.Tensor:
+        """Logits for ``input_ids`` (B, T) that sit at positions ``start .. start+T`` of the sequence.
+
+        position_ids: (B, T) RoPE positions (default ``start + arange(T)``).
+        attention_mask: (B, L) bool/0-1 over *keys* (L = T without cache, the cache length with one);
+            False marks padding that no query may attend to.
+        cache: when given, the window's K/V are written at ``start`` and attention covers the cache.
+        logits_slice: project only these (window-relative) positions to logits — the decoding loop
+            needs the current block's logits only, and the LM head is the largest matmul.
+        """
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+        cos, sin = self.rotary(position_ids)
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        x = self.embed(input_ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, i, start)
+        if logits_slice is not None:
+            x = x[:, logits_slice]
+        x = self.norm(x)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, weight)
+
+
+def init_weights(model: Transformer, std: float = 0.02, seed: int | None = None) -> Transformer:
+    """Random initialisation (for ``--random-weights`` benchmarks and training from scratch)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    n_layers = model.config.n_layers
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.ones_like(p) if name.endswith("norm.weight") else torch.zeros_like(p))
+            else:
+                s = std / math.sqrt(2 * n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(s).to(p.dtype))
+    return model
