@@ -49,3 +49,12 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
         if i != -1:
             cut = min(cut, i)
     return text[:cut]
+
+
+def score_all(task: Task, samples: list[Sample], outputs: list[str]) -> list[Score]:
+    """Score many outputs: the task's own ``score_batch`` when it has one (code tasks run their
+    programs in parallel there), else ``score`` one by one."""
+    batch = getattr(task, "score_batch", None)
+    if batch is not None:
+        return batch(samples, outputs)
+    return [task.score(s, o) for s, o in zip(samples, outputs)]
