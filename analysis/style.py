@@ -1,0 +1,104 @@
+"""One look for every figure: colours per cache, markers per decoding rule, labels with units,
+and a saver that writes PNG + PDF.
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas directly (never pyplot), so
+drawing needs no display, leaks no global figure state and leaves the caller's backend alone.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib as mpl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+CACHE_COLORS = {"none": "#7f7f7f", "prefix": "#1f77b4", "dual": "#d62728"}
+_EXTRA_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+DECODING_MARKERS = {"fixed": "o", "threshold": "^", "factor": "s"}
+_EXTRA_MARKERS = ("D", "v", "P", "X", "*")
+
+LABELS = {  # column -> axis label (units in brackets)
+    "metrics.accuracy": "Accuracy (%)",
+    "metrics.tokens_per_s": "Throughput (tokens/s)",
+    "metrics.tokens_per_forward": "Tokens per step (tokens/forward)",
+    "metrics.nfe_mean": "Steps per sample (NFE, forwards)",
+    "metrics.ms_per_forward": "Time per step (ms/forward)",
+    "metrics.latency_s_median": "Latency per sample (s, median)",
+    "decoding.threshold": "Confidence threshold",
+    "block_length": "Block length (tokens)",
+}
+
+RC = {
+    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+    "savefig.bbox": "tight",
+}
+DPI = 150
+
+
+@dataclass
+class FigureResult:
+    """What one figure function did: the files it wrote, or why it drew nothing.
+
+    `images` pairs each PNG with a caption (the report shows them); `paths` is every file
+    written (PNG, PDF, Markdown, LaTeX). `skipped` is None when something was written.
+    """
+
+    name: str
+    paths: list[Path] = field(default_factory=list)
+    images: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: str | None = None
+
+    @classmethod
+    def skip(cls, name: str, reason: str) -> "FigureResult":
+        return cls(name=name, skipped=reason)
+
+
+def cache_color(name) -> str:
+    name = str(name)
+    if name in CACHE_COLORS:
+        return CACHE_COLORS[name]
+    return _EXTRA_COLORS[sum(map(ord, name)) % len(_EXTRA_COLORS)]  # stable across runs
+
+
+def decoding_marker(name) -> str:
+    name = str(name)
+    if name in DECODING_MARKERS:
+        return DECODING_MARKERS[name]
+    return _EXTRA_MARKERS[sum(map(ord, name)) % len(_EXTRA_MARKERS)]
+
+
+@contextmanager
+def styled():
+    with mpl.rc_context(RC):
+        yield
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2):
+    """(figure, flat list of axes) with the house style; sizes are per panel, in inches."""
+    with styled():
+        fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf into out_dir; returns [png, pdf]."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    with styled():
+        fig.savefig(paths[0], dpi=DPI)
+        fig.savefig(paths[1])
+    return paths
+
+
+def slug(*parts) -> str:
+    """A file-name-safe stem from parts; 64.0 -> "64"."""
+    parts = [f"{p:g}" if isinstance(p, float) else str(p) for p in parts if p is not None]
+    text = "_".join(p for p in parts if p)
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_") or "figure"
