@@ -1,0 +1,199 @@
+"""Typed schemas of a sweep cell (one job) and the checks that run before any model loads.
+
+The Hydra app (``run.py``) composes ``conf/config.yaml`` on top of ``RunConfig``: one group per
+ablation axis (model, cache, decoding, task, logger), each merged into its typed node, so a
+misspelled key or a wrong type fails at composition. ``validate`` then checks what types cannot
+(block_length divides gen_length, threshold in (0, 1], known cache / decoding names) and raises one
+``ValueError`` naming every bad value, before anything expensive happens.
+
+Importing this module registers the schemas in Hydra's ConfigStore and the ``dllm_job_dir``
+resolver used by ``conf/config.yaml`` for job folder names.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+
+FAMILIES = ("llada", "dream")
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    path: str = MISSING              # checkpoint folder (relative to the project root) or hub id
+    family: str = MISSING            # llada | dream
+    instruct: bool = False           # apply the tokenizer's chat template to chat-able samples
+    tokenizer: Optional[Any] = None  # a `_target_` node building one; null: the checkpoint's own
+
+
+@dataclass
+class CacheConf:
+    name: str = MISSING              # none | prefix | dual (dllm_bench.decoding.CACHES)
+
+
+@dataclass
+class DecodingConf:
+    name: str = MISSING              # fixed | threshold | factor (dllm_bench.decoding.DECODINGS)
+    threshold: Optional[float] = None
+    factor: Optional[float] = None
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+
+
+@dataclass
+class MetricsConf:
+    warmup: bool = True              # one untimed generate before timing
+    kv_similarity: bool = False      # paper Fig. 3: K/V cosine similarity across steps (slow)
+    kv_similarity_samples: int = 2   # samples measured (batch size 1, after the timed run)
+    kv_heatmap_prompt_tokens: int = 64  # heatmap keeps the prompt's last N tokens (memory bound)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConf = field(default_factory=ModelConf)
+    cache: CacheConf = field(default_factory=CacheConf)
+    decoding: DecodingConf = field(default_factory=DecodingConf)
+    task: Any = MISSING              # `_target_` + name + the task's own keyword arguments
+    logger: Any = MISSING            # `_target_` + the logger's keyword arguments
+    metrics: MetricsConf = field(default_factory=MetricsConf)
+    gen_length: int = 48
+    block_length: Optional[int] = 16  # null: one block (Dream + cache=none: Dream's own schedule)
+    steps: Optional[int] = None      # fixed decoding's total step budget
+    threshold: float = 0.9           # alias read by decoding=threshold (-> decoding.threshold)
+    factor: float = 1.0              # alias read by decoding=factor (-> decoding.factor)
+    batch_size: int = 8
+    n_samples: Optional[int] = 50    # null: the task's whole evaluation set
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    stop_at_eos: bool = False
+    num_threads: Optional[int] = None  # torch threads; null: cpu_count // n_parallel
+    n_parallel: int = 1              # jobs running at once on this machine (submitit_local: all)
+    force: bool = False              # rerun even when the sweep folder holds an ok result
+    progress: bool = True            # tqdm bar per job
+    sweep_name: str = "default"
+    sweeps_dir: str = "sweeps"
+
+
+# Keys that change how a job runs or is reported but not what it measures; the top-level
+# threshold / factor are aliases whose effective value lives in `decoding`.
+RUN_ONLY_KEYS = ("logger", "num_threads", "n_parallel", "force", "progress", "sweep_name", "sweeps_dir",
+                 "threshold", "factor")
+
+
+class ConfigError(ValueError):
+    """A bad sweep configuration, found before anything is loaded or written."""
+
+
+def register_configs() -> None:
+    """Store the root schema as ``config_schema`` (the first entry of conf/config.yaml's defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=RunConfig)
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job folder name from Hydra's ``override_dirname``: readable, filesystem-safe, bounded."""
+    if not override_dirname:
+        return "default"
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", override_dirname)
+    if len(name) > 120:
+        name = name[:100] + "-" + hashlib.sha256(override_dirname.encode()).hexdigest()[:12]
+    return name
+
+
+if not OmegaConf.has_resolver("dllm_job_dir"):
+    OmegaConf.register_new_resolver("dllm_job_dir", job_dirname)
+register_configs()
+
+
+def _choice(kind: str, value, valid) -> str | None:
+    if value in valid:
+        return None
+    near = difflib.get_close_matches(str(value), list(valid), n=1)
+    return f"unknown {kind} {value!r} (valid: {', '.join(valid)})" + (f"; did you mean {near[0]}?" if near else "")
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Raise ``ConfigError`` for a command-line override of a key that a typed node lacks, listing
+    the valid keys (Hydra's own message does not). Group choices (``cache=dul``) are left to Hydra,
+    whose message lists the available options; untyped nodes (task, logger) to Hydra's struct check.
+    """
+    from dataclasses import fields
+
+    nodes = {"model": ModelConf, "cache": CacheConf, "decoding": DecodingConf, "metrics": MetricsConf}
+    groups = ("model", "cache", "decoding", "task", "logger", "experiment")
+    for arg in args:
+        if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
+            continue
+        head, _, rest = arg.split("=", 1)[0].partition(".")
+        if not rest and head not in groups:
+            schema, key, where = RunConfig, head, "the root config"
+        elif rest and head in nodes:
+            schema, key, where = nodes[head], rest.split(".")[0], head
+        else:
+            continue
+        valid = [f.name for f in fields(schema)]
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"unknown key {key!r} in {where} (valid: {', '.join(valid)}){hint}")
+
+
+def validate(cfg) -> None:
+    """Raise one ``ConfigError`` listing every invalid value of a composed config (no model needed)."""
+    import torch
+
+    from .decoding import CACHES, DECODINGS
+    from .models.loading import _DTYPES
+
+    bad: list[str] = []
+    bad.append(_choice("cache", cfg.cache.name, tuple(CACHES)))
+    bad.append(_choice("decoding", cfg.decoding.name, DECODINGS))
+    bad.append(_choice("model.family", cfg.model.family, FAMILIES))
+    bad.append(_choice("dtype", cfg.dtype, tuple(_DTYPES)))
+    g, b, s = cfg.gen_length, cfg.block_length, cfg.steps
+    if g <= 0:
+        bad.append(f"gen_length must be > 0, got {g}")
+    if b is not None and (b <= 0 or (g > 0 and g % b)):
+        bad.append(f"block_length={b} must be > 0 and divide gen_length={g}")
+    n_blocks = g // b if b and g > 0 and g % b == 0 else 1
+    if s is not None and (s <= 0 or s % n_blocks):
+        bad.append(f"steps={s} must be > 0 and a multiple of the number of blocks ({n_blocks})")
+    if s is None and cfg.decoding.name == "fixed":
+        bad.append("steps is required with decoding=fixed")
+    d = cfg.decoding
+    # each rule reads only its own parameter; the decoding yaml sets the others to null
+    if d.threshold is not None and not 0 < d.threshold <= 1:
+        bad.append(f"decoding.threshold={d.threshold} must be in (0, 1]")
+    if d.factor is not None and not d.factor > 0:
+        bad.append(f"decoding.factor={d.factor} must be > 0")
+    if d.temperature < 0:
+        bad.append(f"decoding.temperature={d.temperature} must be >= 0")
+    if cfg.batch_size < 1:
+        bad.append(f"batch_size={cfg.batch_size} must be >= 1")
+    if cfg.n_samples is not None and cfg.n_samples < 1:
+        bad.append(f"n_samples={cfg.n_samples} must be >= 1 (or null for all)")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        bad.append(f"num_threads={cfg.num_threads} must be >= 1")
+    if cfg.n_parallel < 1:
+        bad.append(f"n_parallel={cfg.n_parallel} must be >= 1")
+    try:
+        dev = torch.device(cfg.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            bad.append(f"device={cfg.device!r} but CUDA is not available")
+    except RuntimeError:
+        bad.append(f"device={cfg.device!r} is not a torch device")
+    for key in ("_target_", "name"):
+        if key not in cfg.task:
+            bad.append(f"task config has no {key!r}")
+    if "_target_" not in cfg.logger:
+        bad.append("logger config has no '_target_'")
+    bad = [m for m in bad if m]
+    if bad:
+        raise ConfigError("invalid config: " + "; ".join(bad))

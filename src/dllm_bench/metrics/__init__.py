@@ -1,0 +1,1 @@
+"""Measurement: timing and memory (``timing``) and K/V staleness across decoding steps (``kv_similarity``)."""

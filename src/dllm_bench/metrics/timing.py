@@ -1,0 +1,65 @@
+"""Timing and memory done the same way everywhere: synchronize around ``perf_counter``, medians
+and percentiles over samples, peak memory reset before the timed run.
+
+GPU peak memory is ``torch.cuda.max_memory_allocated`` since ``reset_peak``; CPU peak memory is the
+process's peak RSS (``resource.getrusage``), which cannot be reset and so covers the whole process.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds`` (synchronized on CUDA)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self):
+        synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self._t0
+        return False
+
+
+def reset_peak(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """GPU: max allocated since ``reset_peak``; CPU: peak RSS of this process."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS: bytes, Linux: KiB
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def latency_stats(values: list[float], prefix: str = "latency_s") -> dict[str, float]:
+    """{prefix_mean, prefix_median, prefix_p90} of per-sample latencies."""
+    if not values:
+        return {f"{prefix}_mean": None, f"{prefix}_median": None, f"{prefix}_p90": None}
+    return {f"{prefix}_mean": sum(values) / len(values), f"{prefix}_median": percentile(values, 50),
+            f"{prefix}_p90": percentile(values, 90)}
