@@ -207,7 +207,8 @@ class Transformer(nn.Module):
 
 def init_weights(model: Transformer, std: float = 0.02, seed: int | None = None) -> Transformer:
     """Random initialisation (for ``--random-weights`` benchmarks and training from scratch)."""
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    device = model.embed.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     n_layers = model.config.n_layers
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -215,5 +216,5 @@ def init_weights(model: Transformer, std: float = 0.02, seed: int | None = None)
                 p.copy_(torch.ones_like(p) if name.endswith("norm.weight") else torch.zeros_like(p))
             else:
                 s = std / math.sqrt(2 * n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(s).to(p.dtype))
+                p.copy_(torch.randn(p.shape, generator=gen, device=device, dtype=p.dtype).mul_(s))
     return model

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import dream, llada
-from .layers import ModelConfig, Transformer, init_weights
+from .layers import ModelConfig, Rotary, Transformer, init_weights
 
 FAMILIES = {"llada": llada, "dream": dream}
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md"]
@@ -39,17 +39,27 @@ def family_of(raw: dict, where: str = "config.json"):
     return FAMILIES[model_type]
 
 
+def _construct(config: ModelConfig, device, dtype: torch.dtype) -> Transformer:
+    """Allocate the modules directly on ``device`` in ``dtype`` (no float32 detour for 8B models)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Transformer(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.profile = FAMILIES[config.arch].PROFILE
+    return model
+
+
 def build_model(config: ModelConfig | dict, *, device="cpu", dtype=torch.float32,
                 seed: int | None = None) -> Transformer:
     """A randomly initialised model of the given shape (a ModelConfig or a raw config.json dict)."""
     if isinstance(config, dict):
-        fam = family_of(config)
-        config = fam.parse_config(config)
-    fam = FAMILIES[config.arch]
-    model = Transformer(config)
+        config = family_of(config).parse_config(config)
+    model = _construct(config, device, resolve_dtype(dtype))
     init_weights(model, seed=seed)
-    model.profile = fam.PROFILE
-    return model.to(device=device, dtype=resolve_dtype(dtype)).eval()
+    return model.eval()
 
 
 def resolve_path(path_or_hub_id: str | os.PathLike) -> Path:
@@ -138,9 +148,9 @@ def load_model(path_or_hub_id, *, device: str | torch.device = "cpu",
     if problems:
         raise ValueError(f"weights in {folder} do not match config.json: " + "; ".join(problems))
 
-    model = Transformer(config).to(dtype)
-    model.load_state_dict(state, strict=True, assign=False)
-    model.profile = fam.PROFILE
+    model = _construct(config, "meta", dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.rotary = Rotary(config.head_dim, config.rope_theta)  # non-persistent buffer: rebuild off meta
     model.name_or_path = str(path_or_hub_id)
     model.folder = str(folder)
     return model.to(device).eval()

@@ -1,0 +1,255 @@
+"""Per-forward latency of each cache mode and end-to-end tokens/s, without Hydra or W&B.
+
+    python -m dllm_bench.bench --model ../shared/fixtures/llada_tiny
+    python -m dllm_bench.bench --random-weights llada-8b --device cuda --dtype bfloat16 \
+        --prompt-length 768 --gen-length 256 --block-length 32 --batch-size 1 --graphs on
+
+For each cache mode it times the step that mode repeats (none: a full forward; prefix: a forward
+over the block and everything after it, against the prefix cache; dual: a forward over the block
+only, against the full cache) with warm-up, device synchronisation and medians, then one whole
+``generate`` call. It prints a table and, last, one JSON line with every number and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from .decoding import CACHES, generate
+from .models import build_model, load_model
+from .models.loading import resolve_dtype
+
+# Architecture shapes of the real checkpoints, for timing where the weights are not present.
+PRESETS = {
+    "llada-8b": {"model_type": "llada", "d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32,
+                 "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464,
+                 "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "max_sequence_length": 4096,
+                 "mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081},
+    "dream-7b": {"model_type": "Dream", "hidden_size": 3584, "num_hidden_layers": 28,
+                 "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944,
+                 "vocab_size": 152064, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+                 "max_position_embeddings": 131072, "mask_token_id": 151666, "eos_token_id": 151643,
+                 "pad_token_id": 151643},
+    "llada-tiny": {"model_type": "llada", "d_model": 64, "n_layers": 3, "n_heads": 4, "n_kv_heads": 4,
+                   "mlp_hidden_size": 160, "vocab_size": 384, "embedding_size": 384,
+                   "rope_theta": 500000.0, "max_sequence_length": 4096, "mask_token_id": 383,
+                   "eos_token_id": 381, "pad_token_id": 381},
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms, after ``warmup`` untimed calls, synchronising the device."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def estimate_bytes(config, batch: int, length: int, dtype: torch.dtype) -> int:
+    """Weights + one KV cache + a generous activation allowance (logits in float64 for the block)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    weights = config.n_params() * item
+    kv = 2 * config.n_layers * batch * config.n_kv_heads * length * config.head_dim * item
+    acts = batch * length * (4 * config.d_model + 2 * config.mlp_hidden) * item * 2
+    logits = batch * length * config.vocab_size * (item + 8)
+    return weights + kv + acts + logits
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write counted)."""
+    n = nbytes // 4
+    a = torch.empty(n, dtype=torch.float32, device=device)
+    b = torch.empty_like(a)
+    ms = median_ms(lambda: b.copy_(a), device, warmup=2, repeats=5)
+    return 2 * nbytes / (ms / 1e3)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m dllm_bench.bench", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint folder or hub id")
+    src.add_argument("--random-weights", choices=sorted(PRESETS), help="random model of a known shape")
+    src.add_argument("--config", help="config.json of any shape, with random weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--prompt-length", type=int, default=64)
+    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--block-length", type=int, default=16)
+    p.add_argument("--caches", default="none,prefix,dual")
+    p.add_argument("--decoding", default="threshold", choices=["fixed", "threshold", "factor"])
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--factor", type=float, default=None)
+    p.add_argument("--graphs", default="off", choices=["on", "off"], help="CUDA-graph the static steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def validate(args) -> torch.device:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but no CUDA GPU is available on this machine")
+    if args.graphs == "on" and device.type != "cuda":
+        raise SystemExit(f"error: --graphs on needs --device cuda (got --device {args.device})")
+    for name in args.caches.split(","):
+        if name not in CACHES:
+            raise SystemExit(f"error: unknown cache {name!r} in --caches; valid: {', '.join(CACHES)}")
+    for flag in ("batch_size", "prompt_length", "gen_length", "block_length", "repeats"):
+        if getattr(args, flag) <= 0:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.gen_length % args.block_length:
+        raise SystemExit(f"error: --gen-length {args.gen_length} is not a multiple of --block-length {args.block_length}")
+    resolve_dtype(args.dtype)
+    return device
+
+
+def build(args, device):
+    dtype = resolve_dtype(args.dtype)
+    if args.model:
+        return load_model(args.model, device=device, dtype=dtype), args.model
+    raw = PRESETS[args.random_weights] if args.random_weights else json.loads(open(args.config).read())
+    from .models.loading import family_of
+    config = family_of(raw).parse_config(raw)
+    need = estimate_bytes(config, args.batch_size, args.prompt_length + args.gen_length, dtype)
+    have = available_bytes(device)
+    if need > have:
+        raise SystemExit(f"error: this model/batch needs about {need / 2**30:.1f} GiB on {device}, "
+                         f"only {have / 2**30:.1f} GiB available")
+    with torch.device(device):
+        model = build_model(config, device=device, dtype=dtype, seed=args.seed)
+    return model, f"random:{args.random_weights or args.config}"
+
+
+def step_fn(model, cache_name: str, x, block_start: int, block_end: int):
+    """The forward a cache mode repeats within a block (after its refresh filled the cache)."""
+    strategy = CACHES[cache_name]
+    L = x.shape[1]
+    kv = model.new_cache(x.shape[0], L) if strategy.uses_cache else None
+    if kv is not None:
+        model(x, cache=kv, start=0, logits_slice=slice(block_start, block_end))
+    start, end = strategy.window(block_start, block_end, L)
+    sl = slice(block_start - start, block_end - start)
+    return lambda: model(x[:, start:end], cache=kv, start=start, logits_slice=sl), kv
+
+
+@torch.no_grad()
+def run(args) -> dict:
+    device = validate(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model, source = build(args, device)
+    cfg = model.config
+    B, P, G, bl = args.batch_size, args.prompt_length, args.gen_length, args.block_length
+    if P + G > cfg.max_length:
+        raise SystemExit(f"error: prompt {P} + gen {G} exceeds the model's maximum length {cfg.max_length}")
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (B, P), generator=gen).to(device)
+    x = torch.cat([prompt, torch.full((B, G), cfg.mask_token_id, device=device)], 1)
+    s, e = P + G // 2, P + G // 2 + bl  # a block in the middle of the generation
+    if s + bl > P + G:
+        s, e = P, P + bl
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows = []
+    for name in args.caches.split(","):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        fn, kv = step_fn(model, name, x, s, e)
+        step_ms = median_ms(fn, device, args.warmup, args.repeats)
+        full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)
+        kw = dict(gen_length=G, block_length=bl, steps=G, cache=name, decoding=args.decoding)
+        if args.decoding == "threshold":
+            kw["threshold"] = args.threshold
+        if args.decoding == "factor":
+            kw["factor"] = args.factor or 1.0
+        res = generate(model, prompt, **kw)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        res = generate(model, prompt, **kw)
+        sync(device)
+        e2e = time.perf_counter() - t0
+        rows.append({
+            "cache": name, "step_ms": round(step_ms, 3), "full_forward_ms": round(full_ms, 3),
+            "forwards_per_s": round(1e3 / step_ms, 2), "e2e_s": round(e2e, 4), "nfe": res.nfe,
+            "e2e_ms_per_forward": round(e2e * 1e3 / res.nfe, 3),
+            "tokens_per_s": round(B * G / e2e, 2), "tokens_per_forward": round(G / res.nfe, 3),
+            "kv_cache_bytes": kv.nbytes if kv is not None else 0,
+            "peak_memory_bytes": peak_memory_bytes(device),
+        })
+        del kv
+    out = {"bench": "dllm_bench.bench", "model": source, "arch": cfg.arch, "params": cfg.n_params(),
+           "weights_bytes": weights_bytes, "device": str(device), "device_name": device_name(device),
+           "dtype": args.dtype, "batch_size": B, "prompt_length": P, "gen_length": G, "block_length": bl,
+           "decoding": args.decoding, "graphs": args.graphs, "torch": torch.__version__, "results": rows}
+    if device.type == "cuda":
+        bw = copy_bandwidth(device)
+        floor_ms = weights_bytes / (bw / 2) * 1e3  # weights must be read once per step
+        out["copy_bandwidth_gb_s"] = round(bw / 1e9, 1)
+        out["bandwidth_floor_ms"] = round(floor_ms, 3)
+        for r in rows:
+            r["ratio_to_floor"] = round(r["step_ms"] / floor_ms, 2)
+    return out
+
+
+def print_table(out: dict) -> None:
+    cols = ["cache", "step_ms", "full_forward_ms", "forwards_per_s", "nfe", "e2e_ms_per_forward",
+            "tokens_per_s", "kv_cache_bytes", "peak_memory_bytes"]
+    if "bandwidth_floor_ms" in out:
+        cols.append("ratio_to_floor")
+    print(f"# {out['model']} on {out['device_name']} ({out['dtype']}), batch {out['batch_size']}, "
+          f"prompt {out['prompt_length']}, gen {out['gen_length']}, block {out['block_length']}")
+    print(" | ".join(cols))
+    for r in out["results"]:
+        print(" | ".join(str(r.get(c, "")) for c in cols))
+
+
+def main(argv=None) -> int:
+    out = run(parse_args(argv))
+    print_table(out)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
