@@ -85,8 +85,9 @@ def _harness_config(bench: Benchmark, yaml_rel: str) -> dict:
         try:
             return load_yaml(path, resolve_func=True)
         except (ImportError, AssertionError) as e:
-            raise ImportError(f"{bench.name} needs lm-eval's extra dependencies: pip install "
-                              f"'lm-eval[math]' ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+            raise ImportError(f"{bench.name} needs lm-eval's math extras (pip install 'lm-eval[math]': sympy, "
+                              f"math_verify, antlr4-python3-runtime==4.11, which hydra-core 1.3's antlr4 4.9 pin "
+                              f"conflicts with): {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
     cfg = load_yaml(path, resolve_func=False)  # function references stay strings: replaced below
     cfg["metric_list"] = [{"metric": "bypass", "aggregation": "bypass", "higher_is_better": True}]  # scored by our sandbox, not code_eval
     cfg.pop("filter_list", None)
@@ -151,6 +152,8 @@ class HarnessTask:
     def _build(self, yaml_rel: str, num_fewshot: int | None):
         from lm_eval.api.task import ConfigurableTask
 
+        if self.data_dir is None:
+            self._check_hub(yaml_rel)  # before the YAML's code: say which file to provide first
         cfg = _harness_config(self._bench, yaml_rel)
         if num_fewshot is not None:
             cfg["num_fewshot"] = num_fewshot
@@ -161,12 +164,18 @@ class HarnessTask:
             if cfg.get("training_split") not in files:
                 cfg["training_split"] = None
         cfg.setdefault("metadata", {})
+        return ConfigurableTask(config=cfg)
+
+    def _check_hub(self, yaml_rel: str) -> None:
+        """Load the hub dataset (network or HF cache) or fail naming the local file to provide."""
+        import datasets
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        raw = load_yaml(_tasks_dir() / yaml_rel, resolve_func=False)
         try:
-            return ConfigurableTask(config=cfg)
+            datasets.load_dataset(raw["dataset_path"], raw.get("dataset_name"))
         except Exception as e:  # noqa: BLE001 - datasets raises many kinds when offline
-            if self.data_dir is not None:
-                raise
-            wanted = ", ".join(f for fs in self._bench.files(cfg).values() for f in fs[:1])
+            wanted = ", ".join(fs[0] for fs in self._bench.files(raw).values())
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise RuntimeError(f"could not load {self.name} from the hub ({self._bench.hub}): "
                                f"{type(e).__name__}: {msg}; offline, pass data_dir=<folder> holding {wanted}") from None

@@ -97,3 +97,15 @@ def count_generated_tokens(token_ids, eos_id: int | Iterable[int] | None, tokeni
     if tokenizer is None:
         raise ValueError("count_generated_tokens needs a tokenizer when stop_sequences are given")
     return decode_generated(token_ids, eos_id, tokenizer, stop_sequences)[1]
+
+
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")  # LLaDA / Dream end-of-turn and EOS
+
+
+def stop_token_ids(tokenizer, eos_token_id: int | None = None) -> set[int]:
+    """The ids that end a generation: the model's EOS, the tokenizer's EOS and, when the vocabulary
+    has them, the common end-of-turn tokens (LLaDA-Instruct's ``<|eot_id|>``, Dream's ``<|im_end|>``)."""
+    ids = {i for i in (eos_token_id, getattr(tokenizer, "eos_token_id", None)) if i is not None}
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids
