@@ -49,7 +49,9 @@ def resolve_model_path(path: str, root: str | Path) -> str:
 
 
 def set_threads(cfg) -> int:
-    n = cfg.num_threads or max(1, (os.cpu_count() or 1) // cfg.n_parallel)
+    """torch threads: ``num_threads``, else this process's usable CPUs shared by ``n_parallel`` jobs."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = cfg.num_threads or max(1, cpus // cfg.n_parallel)
     torch.set_num_threads(n)
     return n
 
