@@ -34,7 +34,7 @@ META_COLUMNS = (
     "finished_at", "sweep_dir", "job_path", "overrides", "kv_similarity",
 )
 NAMESPACES = ("metrics.", "env.", "config.")
-_SKIP_DIRS = {"wandb", ".hydra", "__pycache__"}
+_SKIP_DIRS = {"wandb", "__pycache__"}  # and hidden folders (.hydra, .submitit)
 _MAX_DEPTH = 3  # job folders are "<sweep>/<n>" or at most a couple of levels below
 
 
@@ -94,7 +94,8 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
             found.append(here)
             dirs[:] = []  # a job folder's subfolders (wandb/, .hydra/) are not jobs
             continue
-        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and depth < _MAX_DEPTH]
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")
+                   and depth < _MAX_DEPTH]
     return sorted(found, key=lambda p: _natural_key(str(p.relative_to(sweep_dir))))
 
 

@@ -18,6 +18,7 @@ from .style import FigureResult
 COLUMNS = ("Model", "Task", "Gen length", "Method", "Accuracy (%)", "Tokens/s", "Speed-up (×)",
            "NFE (forwards/sample)", "Jobs")
 DIGITS = {"Accuracy (%)": 1, "Tokens/s": 1, "Speed-up (×)": 2, "NFE (forwards/sample)": 1}
+NUMERIC = (*DIGITS, "Gen length", "Jobs")  # right-aligned
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +67,7 @@ def formatted(table: pd.DataFrame) -> list[list[str]]:
 
 def to_markdown(table: pd.DataFrame) -> str:
     head = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---:" if c in DIGITS or c == "Jobs" else "---" for c in table.columns) + "|"
+    rule = "|" + "|".join("---:" if c in NUMERIC else "---" for c in table.columns) + "|"
     body = ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
             for row in formatted(table)]
     return "\n".join([head, rule, *body]) + "\n"
@@ -74,7 +75,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def to_latex(table: pd.DataFrame) -> str:
     """A booktabs tabular (needs \\usepackage{booktabs}); a rule between (model, task, gen) blocks."""
-    align = "".join("r" if c in DIGITS or c == "Jobs" else "l" for c in table.columns)
+    align = "".join("r" if c in NUMERIC else "l" for c in table.columns)
     lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule",
              " & ".join(_tex(c) for c in table.columns) + " \\\\", "\\midrule"]
     previous = None

@@ -17,8 +17,8 @@ import pandas as pd
 
 def sweeps_using_wandb(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """[(sweep_dir, sweep name, project)] for sweeps whose jobs ran with logger=wandb."""
-    used = df[(_text(df, "logger.name") == "wandb")
-              | _text(df, "logger._target_").str.lower().str.contains("wandb")]
+    target_class = _text(df, "logger._target_").str.rsplit(".", n=1).str[-1].str.lower()
+    used = df[(_text(df, "logger.name") == "wandb") | target_class.str.contains("wandb")]
     out = []
     for sweep_dir, sub in used.groupby("sweep_dir", sort=True):
         project = sub["logger.project"].dropna() if "logger.project" in sub else pd.Series()
