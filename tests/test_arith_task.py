@@ -1,0 +1,74 @@
+"""The arith task: deterministic per seed, disjoint splits, correct worked solutions, scoring."""
+import re
+
+import pytest
+
+from dllm_bench.tasks.arithmetic import ArithmeticTask, split_of
+from dllm_bench.tasks.base import Task
+
+
+def _solve(prompt: str, modulus: int) -> list[tuple[str, int]]:
+    """Independent evaluator: run the assignments of the prompt, modulo ``modulus``."""
+    env, lines = {}, []
+    for stmt in prompt.rstrip("?").split(";")[:-1]:
+        name, expr = stmt.split("=")
+        env[name] = eval(expr, {}, dict(env)) % modulus  # noqa: S307 (our own generated text)
+        lines.append((name, env[name]))
+    return lines
+
+
+def test_protocol_and_names():
+    task = ArithmeticTask()
+    assert isinstance(task, Task)
+    assert task.name == "arith" and task.requires_code_execution is False
+    assert isinstance(task.stop_sequences, list)
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_steps": 3, "modulus": 100, "ops": "+-"}, {"n_steps": 12, "var_prob": 1.0}])
+def test_solution_is_the_worked_chain(kw):
+    task = ArithmeticTask(**kw)
+    for s in task.samples(50):
+        steps = _solve(s.prompt, task.modulus)
+        assert s.prompt.endswith(f"{steps[-1][0]}?")
+        want = ";".join(f"{n}={v}" for n, v in steps[1:]) + f";#{steps[-1][1]}"
+        assert s.meta["solution"] == want and s.target == steps[-1][1]
+        assert len(s.meta["solution"]) <= task.max_answer_chars < task.gen_length
+        assert len(re.findall(r"[a-z]=", s.prompt)) == task.n_steps + 1
+
+
+def test_default_answers_are_long():
+    task = ArithmeticTask()
+    assert min(len(s.meta["solution"]) for s in task.samples(100)) >= 32
+
+
+def test_deterministic_per_seed():
+    a, b = ArithmeticTask(seed=3), ArithmeticTask(seed=3)
+    assert [s.prompt for s in a.samples(30)] == [s.prompt for s in b.samples(30)]
+    assert [s.prompt for s in a.samples(30, seed=1)] != [s.prompt for s in a.samples(30, seed=2)]
+    assert [s.prompt for s in ArithmeticTask(seed=4).samples(30)] != [s.prompt for s in a.samples(30)]
+
+
+def test_splits_never_overlap():
+    train = {s.prompt for seed in range(3) for s in ArithmeticTask(split="train", n_steps=2, modulus=5).samples(400, seed)}
+    held = {s.prompt for seed in range(3) for s in ArithmeticTask(split="heldout", n_steps=2, modulus=5).samples(400, seed)}
+    # a small problem space, so both splits are drawn densely and a leak would show
+    assert train and held and not train & held
+    assert {split_of(p) for p in train} == {"train"} and {split_of(p) for p in held} == {"heldout"}
+
+
+def test_scoring_uses_the_last_final_answer():
+    task = ArithmeticTask()
+    s = task.samples(1)[0]
+    right = task.score(s, s.meta["solution"])
+    assert right.correct and right.extracted == s.target and right.extra["solution_exact"]
+    wrong = (s.target + 1) % task.modulus
+    assert not task.score(s, s.meta["solution"].rsplit("#", 1)[0] + f"#{wrong}").correct
+    assert task.score(s, f"#{wrong};#{s.target}").correct
+    assert task.score(s, "b=").extracted is None and not task.score(s, "").correct
+
+
+@pytest.mark.parametrize("kw", [{"n_steps": 0}, {"n_steps": 26}, {"modulus": 1}, {"ops": "/"}, {"ops": ""},
+                                {"split": "test"}, {"var_prob": 1.5}])
+def test_invalid_difficulty_is_rejected(kw):
+    with pytest.raises(ValueError, match="invalid arith task"):
+        ArithmeticTask(**kw)
