@@ -34,6 +34,8 @@ META_COLUMNS = (
     "finished_at", "sweep_dir", "job_path", "overrides", "kv_similarity",
 )
 NAMESPACES = ("metrics.", "env.", "config.")
+MISSING_REASON = ("no results.json: still running, killed, stopped on a config error, or skipped "
+                  "because another folder of the sweep already holds its config_hash")
 _SKIP_DIRS = {"wandb", "__pycache__"}  # and hidden folders (.hydra, .submitit)
 _MAX_DEPTH = 3  # job folders are "<sweep>/<n>" or at most a couple of levels below
 
@@ -187,7 +189,7 @@ def _read_job(job_path: Path, sweep_dir: Path) -> dict:
         hydra_cfg = job_path / ".hydra" / "config.yaml"
         if hydra_cfg.is_file():  # composed (not resolved) config: enough to say which job it was
             row.update(_config_columns(yaml.safe_load(hydra_cfg.read_text()) or {}))
-        row.update(status="missing", error="no results.json (job still running, or died)")
+        row.update(status="missing", error=MISSING_REASON)
         return row
     try:
         res = json.loads(results_file.read_text())

@@ -93,6 +93,7 @@ def fake_metrics(cfg: dict, rng: random.Random) -> dict:
         "ms_per_forward": ms, "cache_refreshes_mean": gen / block if cache != "none" else 0.0,
         "peak_memory_bytes": rng.randint(10**8, 2 * 10**8), "kv_cache_bytes": 4096 * gen,
         "n_samples": n, "wall_s": latency * n / cfg["batch_size"],
+        "generated_tokens": tokens * n, "load_s": 0.4, "task_exact": acc,  # schema "Additions"
     }
 
 
@@ -105,7 +106,7 @@ def fake_kv_similarity(rng: random.Random, n_layers: int = 4, n_steps: int = 8) 
               for i in range(n_layers)]
     heat = {region: [[round(1 - decay * abs(i - j), 4) for j in range(n_steps)]
                      for i in range(n_steps)] for region, decay in (("prompt", 0.004), ("suffix", 0.02))}
-    return {"layers": layers, "heatmap": heat}
+    return {"layers": layers, "heatmap": heat, "n_samples": 2}
 
 
 def make_sweep(root: Path, name: str, sweep: list[str], fixed: list[str] = (), *,
@@ -186,7 +187,8 @@ def write_samples(path: Path, results: dict) -> None:
                                 "extracted": answer, "target": str(a + b),
                                 "correct": i < n_correct, "nfe": m["nfe_mean"],
                                 "latency_s": m["latency_s_median"],
-                                "n_generated_tokens": len(answer)}) + "\n")
+                                "n_generated_tokens": len(answer),
+                                "cache_refreshes": m["cache_refreshes_mean"], "extra": {}}) + "\n")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
