@@ -57,7 +57,8 @@ def pareto(df: pd.DataFrame, out_dir) -> FigureResult:
         if len(sub) < 2:
             continue
         fig, (ax,) = new_figure(width=5.2, height=3.8)
-        x, y = sub["metrics.tokens_per_s"].astype(float), sub["metrics.accuracy"].astype(float) * 100
+        x = sub["metrics.tokens_per_s"].astype(float)
+        y = sub["metrics.accuracy"].astype(float) * 100
         for (_, r), xi, yi in zip(sub.iterrows(), x, y):
             ax.scatter(xi, yi, color=cache_color(methods.get(r, "cache.name")),
                        marker=decoding_marker(methods.get(r, "decoding.name")), s=40, zorder=3)
@@ -100,7 +101,7 @@ def threshold_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
     result = FigureResult("threshold_sweep")
     for key, sub in methods.groups(df):
         thr = sub[(sub["decoding.name"] == "threshold") & sub["decoding.threshold"].notna()]
-        curves = [(ck, c.sort_values("decoding.threshold"))
+        curves = [(ck, _mean_by(c, "decoding.threshold"))
                   for ck, c in thr.groupby(["cache.name", "block_length"], dropna=False)
                   if c["decoding.threshold"].nunique() >= 2]
         if not curves:
@@ -152,19 +153,18 @@ def block_size_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
     for key, sub in methods.groups(_with(df, "block_length")):
         sub = sub.assign(_line=[f"{methods.get(r, 'cache.name', 'none')}, "
                                 f"{methods.decoding_label(r)}" for _, r in sub.iterrows()])
-        lines = [(name, ln.sort_values("block_length"))
+        lines = [(name, _mean_by(ln, "block_length"), ln.iloc[0])
                  for name, ln in sub.groupby("_line", sort=True)
                  if ln["block_length"].nunique() >= 2]
         if not lines:
             continue
         fig, axes = new_figure(ncols=2)
-        for name, ln in lines:
-            r0 = ln.iloc[0]
+        for name, ln, r0 in lines:
             style = dict(color=cache_color(methods.get(r0, "cache.name")),
                          marker=decoding_marker(methods.get(r0, "decoding.name")), label=name)
             axes[0].plot(ln["block_length"], ln["metrics.accuracy"] * 100, **style)
             axes[1].plot(ln["block_length"], ln["metrics.tokens_per_s"], **style)
-        ticks = sorted({float(b) for _, ln in lines for b in ln["block_length"]})
+        ticks = sorted({float(b) for _, ln, _ in lines for b in ln["block_length"]})
         for ax, col in zip(axes, ("metrics.accuracy", "metrics.tokens_per_s")):
             ax.set_xscale("log", base=2)
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -268,6 +268,13 @@ def _with(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
     return df.dropna(subset=list(cols))
 
 
+def _mean_by(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Metrics averaged over jobs that share `col` (seeds, repeated sweeps), sorted by `col`."""
+    metrics = [c for c in df.columns if c.startswith("metrics.")]
+    numeric = df[metrics].apply(pd.to_numeric, errors="coerce")
+    return numeric.groupby(df[col]).mean().reset_index().sort_values(col)
+
+
 def _col(df: pd.DataFrame, col: str) -> pd.Series:
     if col not in df.columns:
         return pd.Series(np.nan, index=df.index, dtype=float)
@@ -283,7 +290,7 @@ def _matrix(data) -> np.ndarray | None:
 
 
 def _layer_curves(layers: list, kind: str) -> dict:
-    """{region: (layer indices, similarity to refresh)} for key or value; all-NaN regions dropped."""
+    """{region: (layers, similarity to the refresh step)} for "key" or "value"; all-NaN dropped."""
     regions: dict[str, tuple[list, list]] = {}
     for i, layer in enumerate(layers):
         to_refresh = ((layer.get(kind) or {}).get("to_refresh")) or {}
@@ -297,8 +304,8 @@ def _layer_curves(layers: list, kind: str) -> dict:
 def _legend_cache_decoding(ax, sub: pd.DataFrame, extra=()):
     handles = [Line2D([], [], ls="", marker="o", color=cache_color(c), label=f"cache={c}")
                for c in sorted(sub["cache.name"].dropna().unique())]
-    handles += [Line2D([], [], ls="", marker=decoding_marker(d), color="black",
-                       label=f"decoding={d}") for d in sorted(sub["decoding.name"].dropna().unique())]
+    handles += [Line2D([], [], ls="", marker=decoding_marker(d), color="k", label=f"decoding={d}")
+                for d in sorted(sub["decoding.name"].dropna().unique())]
     ax.legend(handles=handles + list(extra), loc="upper center", bbox_to_anchor=(0.5, -0.16),
               ncol=3, frameon=False)
 

@@ -51,7 +51,7 @@ def decoding_label(row: pd.Series) -> str:
     if name == "fixed":
         k = fixed_k(row)
         return f"fixed k={k:g}" if k is not None else "fixed"
-    param = get(row, f"decoding.{name}")  # threshold -> decoding.threshold, factor -> decoding.factor
+    param = get(row, f"decoding.{name}")  # decoding.threshold / decoding.factor
     return f"{name} {param:g}" if isinstance(param, numbers.Real) else str(name)
 
 

@@ -74,7 +74,8 @@ def build_report(sweep_dirs, out_dir=None) -> Report:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.report",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
     parser.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
     args = parser.parse_args(argv)
@@ -120,7 +121,8 @@ class _Page:
         figs = [("img", img) for r in self.results if r.name != "speedup_table" for img in r.images]
         table_files = [p for r in self.results if r.name == "speedup_table" for p in r.paths]
         speed = [("table", self.speedup)] if self.speedup[1] else [("p", "No finished job.")]
-        speed += [("p", "Files: " + ", ".join(self._rel(p) for p in table_files))] if table_files else []
+        if table_files:
+            speed.append(("p", "Files: " + ", ".join(self._rel(p) for p in table_files)))
         commands = [("code", c) for c in (sweep_command(m) for _, m in self.sweeps) if c]
         per_job = [(str(r.get("job_dir")), job_command(r.get("overrides")))
                    for _, r in self.df.iterrows() if r.get("job_dir") is not None]

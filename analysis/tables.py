@@ -74,7 +74,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def to_latex(table: pd.DataFrame) -> str:
-    """A booktabs tabular (needs \\usepackage{booktabs}); a rule between (model, task, gen) blocks."""
+    """A booktabs tabular (needs \\usepackage{booktabs}), a rule between (model, task, gen)."""
     align = "".join("r" if c in NUMERIC else "l" for c in table.columns)
     lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule",
              " & ".join(_tex(c) for c in table.columns) + " \\\\", "\\midrule"]
@@ -108,6 +108,7 @@ def _num(row: pd.Series, key: str) -> float:
 
 def _tex(text: str) -> str:
     for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"),
-                 ("#", "\\#"), ("$", "\\$"), ("×", "$\\times$"), ("—", "--"), ("·", "$\\cdot$")):
+                 ("#", "\\#"), ("$", "\\$"), ("×", "$\\times$"), ("—", "--"),
+                 ("·", "$\\cdot$")):
         text = text.replace(a, b)
     return text

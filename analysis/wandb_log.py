@@ -1,10 +1,10 @@
 """Mirror a report's figures and tables to W&B for the sweeps that logged to W&B.
 
 A sweep used W&B when any of its jobs has config `logger.name == "wandb"` or a logger whose
-`_target_` names W&B (conf/logger/wandb.yaml is `_target_: ...WandbLogger`, with no name). For
-each such sweep one run (job_type "analysis", group = sweep name) is written into the sweep folder, offline
-unless WANDB_MODE says otherwise. wandb is imported lazily, and nothing here ever raises: a
-failure becomes a warning and a note for the report.
+`_target_` class names W&B (conf/logger/wandb.yaml is `_target_: ...WandbLogger`, with no name).
+For each such sweep one run (job_type "analysis", group = sweep name) is written into the sweep
+folder, offline unless WANDB_MODE says otherwise. wandb is imported lazily, and nothing here
+ever raises: a failure becomes a warning and a note for the report.
 """
 from __future__ import annotations
 
