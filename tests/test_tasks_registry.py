@@ -37,6 +37,12 @@ def test_registry_import_is_lazy():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_unknown_task_argument_is_named():
+    with pytest.raises(ValueError) as e:
+        get_task("gsm8k", data_dri="/x")
+    assert one_line(e).startswith("unknown argument 'data_dri' for task 'gsm8k'; valid: data_dir, num_fewshot")
+
+
 def test_arith_is_built_by_name():
     pytest.importorskip("dllm_bench.tasks.arithmetic")
     task = get_task("arith", n_steps=3)
@@ -116,11 +122,12 @@ def test_fewshot_on_zero_shot_code_task(tmp_path):
     assert one_line(e) == "num_fewshot=2 exceeds the 1 few-shot examples of humaneval"
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "5"])
-def test_bad_num_fewshot_type(bad):
-    with pytest.raises(ValueError) as e:
-        get_task("gsm8k", num_fewshot=bad)
-    assert repr(bad) in one_line(e)
+@pytest.mark.parametrize("key,bad", [("num_fewshot", -1), ("num_fewshot", 1.5), ("num_fewshot", "5"),
+                                     ("timeout_s", 0), ("memory_mb", 8)])
+def test_bad_numbers_are_named(key, bad):
+    with pytest.raises(ValueError) as e:  # before any data is read
+        get_task("humaneval", allow_code_execution=True, **{key: bad})
+    assert key in one_line(e) and repr(bad) in str(e.value)
 
 
 @needs_gsm8k

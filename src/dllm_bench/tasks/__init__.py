@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Callable
 
 from .base import Sample, Score, Task, cut_at_stop, score_all
@@ -20,8 +21,8 @@ from .tokens import count_generated_tokens, decode_generated, encode_prompt
 
 TASK_FILES = {
     "gsm8k": "train.jsonl, test.jsonl ({question, answer}; openai/gsm8k main)",
-    "minerva_math": "<subject>/test.jsonl for algebra, counting_and_prob, geometry, intermediate_algebra, "
-                    "num_theory, prealgebra, precalc ({problem, solution}; EleutherAI/hendrycks_math)",
+    "minerva_math": "<subject>/test.jsonl for algebra, counting_and_probability, geometry, intermediate_algebra, "
+                    "number_theory, prealgebra, precalculus ({problem, solution}; EleutherAI/hendrycks_math)",
     "humaneval": "HumanEval.jsonl.gz or HumanEval.jsonl ({task_id, prompt, canonical_solution, test, entry_point})",
     "mbpp": "test.jsonl ({task_id, text, code, test_list}; google-research-datasets/mbpp full/test)",
 }
@@ -29,8 +30,16 @@ TASK_FILES = {
 
 def _lazy(target: str, **bound) -> Callable[..., Task]:
     def factory(**kwargs) -> Task:
-        module, cls = target.split(":")
-        return getattr(importlib.import_module(module), cls)(**bound, **kwargs)
+        module, name = target.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            valid = [p for p in params if p not in bound]
+            for key in kwargs:
+                if key not in valid:
+                    raise ValueError(f"unknown argument {key!r} for task {bound.get('name', name)!r}; "
+                                     f"valid: {', '.join(valid)}")
+        return cls(**bound, **kwargs)
     factory.target = target  # type: ignore[attr-defined]
     return factory
 

@@ -131,8 +131,12 @@ class HarnessTask:
         if bench.code and allow_code_execution is not True:
             raise ValueError(f"task {name!r} executes model-written code; opt in with "
                              f"allow_code_execution=True (sweep: task.allow_code_execution=true)")
-        if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
+        if num_fewshot is not None and (type(num_fewshot) is not int or num_fewshot < 0):
             raise ValueError(f"num_fewshot must be an int >= 0, got {num_fewshot!r}")
+        if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+        if not (type(memory_mb) is int and memory_mb >= 64):
+            raise ValueError(f"memory_mb must be an int >= 64, got {memory_mb!r}")
         self.name, self._bench = name, bench
         self.requires_code_execution = bench.code
         self.timeout_s, self.memory_mb, self.workers = timeout_s, memory_mb, workers
