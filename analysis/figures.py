@@ -227,7 +227,8 @@ def latency_breakdown(df: pd.DataFrame, out_dir) -> FigureResult:
     """Paper Fig. 1c: per configuration, steps per sample (NFE), time per step, latency per sample.
 
     Needs any of metrics.nfe_mean, metrics.ms_per_forward (else latency / NFE),
-    metrics.latency_s_median (else latency_s_mean).
+    metrics.latency_s_median (else latency_s_mean). A sample's latency_s is its batch's wall time
+    (docs/results_schema.md), so with batch_size > 1 the last panel is labelled per batch.
     """
     result = FigureResult("latency_breakdown")
     for key, sub in methods.groups(df):
@@ -241,6 +242,10 @@ def latency_breakdown(df: pd.DataFrame, out_dir) -> FigureResult:
         panels = {k: v for k, v in panels.items() if v.notna().any()}
         if not panels:
             continue
+        labels_x = dict(LABELS)
+        if _col(sub, "batch_size").max() > 1:
+            labels_x["metrics.latency_s_median"] = (
+                f"Latency per batch (s, median; batch ≤ {_col(sub, 'batch_size').max():g})")
         order = sorted(range(len(sub)), key=lambda i: methods.sort_key(sub.iloc[i]))
         with_block = methods.varies(sub, "block_length")
         labels = [methods.label(sub.iloc[i], with_block) for i in order]
@@ -251,7 +256,7 @@ def latency_breakdown(df: pd.DataFrame, out_dir) -> FigureResult:
             ax.barh(ypos, values.to_numpy()[order], color=colors)
             ax.set_yticks(ypos, labels if j == 0 else [""] * len(order))
             ax.invert_yaxis()
-            ax.set_xlabel(LABELS[col])
+            ax.set_xlabel(labels_x[col])
             ax.grid(axis="y", visible=False)
         fig.suptitle(f"Latency breakdown — {methods.group_title(key)}")
         _add(result, save(fig, out_dir, slug("latency_breakdown", *key)),

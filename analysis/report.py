@@ -33,7 +33,7 @@ JOB_METRICS = {  # column -> (header, scale, digits)
     "metrics.nfe_mean": ("NFE (forwards/sample)", 1, 1),
     "metrics.tokens_per_forward": ("Tokens/forward", 1, 2),
     "metrics.ms_per_forward": ("ms/forward", 1, 2),
-    "metrics.latency_s_median": ("Latency median (s/sample)", 1, 3),
+    "metrics.latency_s_median": ("Latency median (s, batch wall time)", 1, 3),
 }
 _AXES_FIRST = ("model.name", "task.name", "gen_length", "cache.name", "decoding.name",
                "decoding.threshold", "decoding.factor", "block_length", "steps")
