@@ -95,7 +95,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = N
              threshold: float | None = None, factor: float | None = None, temperature: float = 0.0,
              remasking: str = "low_confidence", attention_mask: torch.Tensor | None = None,
              generator: torch.Generator | None = None, stop_at_eos: bool = False,
-             trace: bool = False, on_step: Callable[[StepInfo], None] | None = None) -> GenerationResult:
+             trace: bool = False, on_step: Callable[[StepInfo], None] | None = None,
+             graphs: bool = False) -> GenerationResult:
     """Generate ``gen_length`` tokens after each prompt with a diffusion LM.
 
     prompt_ids: LongTensor (B, L) (left-padded rows with ``attention_mask``, 1 = real token) or a
@@ -109,6 +110,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = N
     temperature: > 0 samples with Gumbel-max noise in float64 drawn from ``generator``.
     stop_at_eos: stop once every row has finished a block containing EOS; the rest is EOS.
     trace / on_step: per-step records in ``result.trace`` / a callback receiving ``StepInfo``.
+    graphs: run the steps on static buffers kept on the model and, on a GPU, replay them as CUDA
+        graphs captured once per (batch, length, block); same tokens as the eager path.
     """
     cfg, profile = model.config, model.profile
     cache_strategy = CACHES[_choice("cache", cache, tuple(CACHES))]
@@ -147,6 +150,9 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = N
         raise ValueError(f"factor={factor!r} is only used with decoding='factor' (got {decoding!r})")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if graphs and (temperature > 0 or remasking != "low_confidence"):
+        raise ValueError(f"graphs=True needs deterministic steps (temperature 0, low_confidence "
+                         f"remasking); got temperature={temperature!r}, remasking={remasking!r}")
 
     pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.mask_token_id
     ids, mask = _left_pad(prompt_ids, attention_mask, pad_id)
@@ -170,7 +176,7 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = N
                      position_ids=position_ids, attention_mask=key_mask, temperature=temperature,
                      remasking=remasking, generator=generator,
                      refresh_forces_first=profile.refresh_forces_first and blocked,
-                     stop_at_eos=stop_at_eos, trace=trace, on_step=on_step)
+                     stop_at_eos=stop_at_eos, trace=trace, on_step=on_step, graphs=graphs)
     per_block = spb if decoding == "fixed" else 1
     return GenerationResult(tokens=out.x[:, P:], nfe=out.nfe, nfe_per_row=out.nfe_per_row,
                             refreshes=out.refreshes, skipped_blocks=out.skipped_blocks,

@@ -15,6 +15,7 @@ import torch
 
 from .caches import CacheStrategy
 from .confidence import predict
+from .graphs import static_buffers
 from .rules import Rule
 
 
@@ -47,21 +48,32 @@ def block_loop(model, x: torch.Tensor, *, prompt_len: int, block_length: int, ca
                temperature: float = 0.0, remasking: str = "low_confidence",
                generator: torch.Generator | None = None, refresh_forces_first: bool | None = None,
                stop_at_eos: bool = False, trace: bool = False,
-               on_step: Callable[[StepInfo], None] | None = None) -> LoopOutput:
-    """Decode the masked tail of ``x`` (B, L) in place, block by block. See ``generate``."""
+               on_step: Callable[[StepInfo], None] | None = None, graphs: bool = False) -> LoopOutput:
+    """Decode the masked tail of ``x`` (B, L) in place, block by block. See ``generate``.
+
+    graphs: run every step on static buffers kept on the model, captured as CUDA graphs on a GPU
+    (see ``graphs.py``); needs deterministic steps (temperature 0, low-confidence remasking).
+    """
     cfg, profile = model.config, model.profile
     mask_id = cfg.mask_token_id
     if refresh_forces_first is None:
         refresh_forces_first = profile.refresh_forces_first
     B, L = x.shape
     n_blocks = (L - prompt_len) // block_length
-    kv = model.new_cache(B, L) if cache.uses_cache else None
+    static = None
+    if graphs:
+        static = static_buffers(model, B, L, cache.uses_cache, attention_mask is not None)
+        static.load(x, position_ids, attention_mask)
+        x_out, x = x, static.x
+        kv, position_ids, attention_mask = static.kv, static.position_ids, static.attention_mask
+    else:
+        kv = model.new_cache(B, L) if cache.uses_cache else None
     nfe, refreshes, skipped = 0, 0, 0
     nfe_row = torch.zeros(B, dtype=torch.long, device=x.device)
     records: list[dict] | None = [] if trace else None
 
-    def forward(start: int, end: int, s: int, e: int) -> torch.Tensor:
-        """Logits aligned with positions s..e, from a forward that feeds start..end."""
+    def forward(start: int, end: int, s: int, e: int):
+        """(x0, conf) for positions s..e, from a forward that feeds start..end."""
         # Dream predicts position i from hidden state i-1, shifted within the fed window.
         lo = max(s - start - 1, 0) if profile.shift_logits else s - start
         hi = e - start - 1 if profile.shift_logits else e - start
@@ -70,7 +82,8 @@ def block_loop(model, x: torch.Tensor, *, prompt_len: int, block_length: int, ca
                        cache=kv, start=start, logits_slice=slice(lo, hi))
         if profile.shift_logits and s == start:  # window position 0 keeps its own logits
             logits = torch.cat([logits[:, :1], logits], dim=1)
-        return logits
+        return predict(logits, mask_id=mask_id, score=rule.score, fp64=profile.confidence_fp64,
+                       temperature=temperature, remasking=remasking, generator=generator)
 
     for b in range(n_blocks):
         s, e = prompt_len + b * block_length, prompt_len + (b + 1) * block_length
@@ -83,18 +96,19 @@ def block_loop(model, x: torch.Tensor, *, prompt_len: int, block_length: int, ca
             active = cand.any(-1)
             if step > 0 and (not bool(active.any()) or rule.exhausted(step)):
                 break
-            logits = forward(*window, s, e)
+            if static is None:
+                x0, conf = forward(*window, s, e)
+            else:
+                x0, conf = static.run((window, s, e), lambda: forward(*window, s, e))
             nfe += 1
             nfe_row += active.long() if step > 0 else 1
-            x0, conf = predict(logits, mask_id=mask_id, score=rule.score, fp64=profile.confidence_fp64,
-                               temperature=temperature, remasking=remasking, generator=generator)
             conf = conf.masked_fill(~cand, -torch.inf)
             if step == 0 and refresh_forces_first:  # Dream: refresh unmasks the first position only
                 accepted = torch.zeros_like(cand)
                 accepted[:, 0] = cand[:, 0]
             else:
                 accepted = rule.select(conf, step) & cand
-            block[accepted] = x0[accepted]
+            block.copy_(torch.where(accepted, x0, block))  # no host sync
             if records is not None:
                 records.append({"block": b, "step": step, "window": list(window),
                                 "accepted": accepted.sum(-1).tolist(),
@@ -111,5 +125,7 @@ def block_loop(model, x: torch.Tensor, *, prompt_len: int, block_length: int, ca
                 x[:, e:] = cfg.eos_token_id
                 skipped = n_blocks - 1 - b
                 break
+    if static is not None:
+        x = x_out.copy_(x)
     return LoopOutput(x=x, nfe=nfe, nfe_per_row=nfe_row.tolist(), refreshes=refreshes,
                       skipped_blocks=skipped, trace=records)

@@ -19,24 +19,18 @@ import torch
 
 
 def _top_k(conf: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Mark the k[b] most confident positions of each row (k may differ per row)."""
-    out = torch.zeros_like(conf, dtype=torch.bool)
+    """Mark the k[b] most confident candidates of each row (k may differ per row; no host sync)."""
     k = torch.minimum(k, torch.isfinite(conf).sum(-1))
-    kmax = int(k.max()) if k.numel() else 0
-    if kmax == 0:
-        return out
-    _, idx = torch.topk(conf, kmax, dim=-1)  # (B, kmax), descending
-    keep = torch.arange(kmax, device=conf.device)[None, :] < k[:, None]
-    return out.scatter_(1, idx, keep)
+    _, idx = torch.sort(conf, dim=-1, descending=True, stable=True)
+    keep = torch.arange(conf.shape[-1], device=conf.device)[None, :] < k[:, None]
+    return torch.zeros_like(conf, dtype=torch.bool).scatter_(1, idx, keep)
 
 
 def _first_plus(conf: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
     """``accept`` plus each row's single most confident candidate (if it has any)."""
-    has = torch.isfinite(conf).any(-1)
-    best = conf.argmax(-1)
-    accept = accept.clone()
-    accept[has, best[has]] = True
-    return accept
+    has = torch.isfinite(conf).any(-1, keepdim=True)
+    best = torch.zeros_like(accept).scatter_(1, conf.argmax(-1, keepdim=True), has)
+    return accept | best
 
 
 class Rule:
@@ -80,9 +74,9 @@ class LinearEntropy(Rule):
 
     def select(self, conf, step):
         n = torch.isfinite(conf).sum(-1)
-        if step < self.steps - 1:
-            ratio = 1 - self.t[step + 1] / self.t[step]
-            k = (n.float().cpu() * ratio).to(torch.long).to(conf.device)
+        if step < self.steps - 1:  # float32 arithmetic exactly as the reference (IEEE on any device)
+            ratio = (1 - self.t[step + 1] / self.t[step]).to(conf.device)
+            k = (n.float() * ratio).to(torch.long)
         else:
             k = n
         return _top_k(conf, k)
