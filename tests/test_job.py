@@ -1,0 +1,127 @@
+"""One job end to end on the random-weight fixtures, in process: results.json against
+samples.jsonl and against direct engine calls, skip / force, failures recorded and retried, bad
+input refused before anything is written."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import compose, needs_fixtures
+from dllm_bench import generate, load_model
+from dllm_bench.config import ConfigError
+from dllm_bench.job import resolve_model_path, run_job, set_threads
+from dllm_bench.metrics.timing import percentile
+from dllm_bench.tasks import encode_prompt
+from dllm_bench.tokenizer import build_tokenizer
+from fixture_paths import LLADA_TINY, ROOT
+
+pytestmark = needs_fixtures
+
+
+def _rows(job_dir):
+    return [json.loads(line) for line in (job_dir / "samples.jsonl").read_text().splitlines()]
+
+
+def test_job_metrics_match_samples_and_the_engine(tmp_path):
+    cfg = compose(["cache=dual", "decoding=threshold", "threshold=0.7", "n_samples=3", "batch_size=2"])
+    job = tmp_path / "sweep" / "job"
+    res = run_job(cfg, job, ROOT)
+    assert res["status"] == "ok" and res["error"] is None
+    on_disk = json.loads((job / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    assert on_disk["config"]["decoding"] == {"name": "threshold", "threshold": 0.7, "factor": None,
+                                             "temperature": 0.0, "remasking": "low_confidence"}
+    rows, m = _rows(job), res["metrics"]
+    assert len(rows) == m["n_samples"] == 3
+    assert set(rows[0]) >= {"id", "prompt", "output", "extracted", "target", "correct", "nfe", "latency_s",
+                            "n_generated_tokens"}
+    assert m["accuracy"] == sum(r["correct"] for r in rows) / 3
+    assert m["nfe_mean"] == pytest.approx(sum(r["nfe"] for r in rows) / 3)
+    tokens = sum(r["n_generated_tokens"] for r in rows)
+    assert m["tokens_per_forward"] == pytest.approx(tokens / sum(r["nfe"] for r in rows))
+    assert m["tokens_per_s"] == pytest.approx(tokens / m["wall_s"])
+    lat = [r["latency_s"] for r in rows]
+    assert m["latency_s_median"] == pytest.approx(percentile(lat, 50))
+    assert m["latency_s_p90"] == pytest.approx(percentile(lat, 90)) and m["latency_s_p90"] >= m["latency_s_median"]
+    assert m["cache_refreshes_mean"] == 2  # one per block: gen_length 32 / block_length 16
+    assert m["peak_memory_bytes"] > 0
+    # dual cache of the largest batch: 2 (K, V) x layers x B x H_kv x (prompt + gen) x head_dim x 4 bytes
+    model = load_model(LLADA_TINY)
+    tok, c = build_tokenizer(), model.config
+    prompts = [torch.tensor(encode_prompt(tok, r["prompt"], False)) for r in rows]
+    longest = max(len(p) for p in prompts[:2]) + 32
+    assert m["kv_cache_bytes"] == 2 * c.n_layers * 2 * c.n_kv_heads * longest * c.head_dim * 4
+    # each sample's NFE is what the engine spends on it alone
+    for p, r in zip(prompts, rows):
+        alone = generate(model, [p], gen_length=32, block_length=16, steps=32, cache="dual",
+                         decoding="threshold", threshold=0.7)
+        assert r["nfe"] == alone.nfe_per_row[0]
+    assert "kv_similarity" not in res
+    assert (job.parent / "sweep.csv").read_text().count("\n") == 2
+
+
+def test_no_cache_has_no_kv_bytes_and_dream_runs(tmp_path):
+    res = run_job(compose(["model=fixture_dream_tiny", "cache=none", "decoding=fixed", "n_samples=1"]),
+                  tmp_path / "s" / "j", ROOT)
+    assert res["status"] == "ok"
+    assert res["metrics"]["kv_cache_bytes"] == 0
+    assert res["metrics"]["nfe_mean"] == 32  # fixed decoding, steps = gen_length, one token a step
+
+
+def test_rerun_skips_unless_forced(tmp_path):
+    cfg = compose(["n_samples=1"])
+    first = run_job(cfg, tmp_path / "s" / "a", ROOT)
+    mtime = (tmp_path / "s" / "a" / "results.json").stat().st_mtime_ns
+    again = run_job(compose(["n_samples=1", "logger=none", "num_threads=2"]), tmp_path / "s" / "b", ROOT)
+    assert again == first and not (tmp_path / "s" / "b" / "results.json").exists()  # run-only keys: same job
+    assert (tmp_path / "s" / "a" / "results.json").stat().st_mtime_ns == mtime
+    forced = run_job(compose(["n_samples=1", "force=true"]), tmp_path / "s" / "a", ROOT)
+    assert forced["started_at"] >= first["started_at"]
+    assert (tmp_path / "s" / "a" / "results.json").stat().st_mtime_ns != mtime
+
+
+def test_failed_job_is_recorded_then_retried(tmp_path):
+    flag = tmp_path / "fail"
+    flag.touch()
+    over = ["task._target_=conftest.FlakyTask", f"+task.fail_flag={flag}", "n_samples=1"]
+    job = tmp_path / "s" / "j"
+    res = run_job(compose(over), job, ROOT)  # returns normally: a sweep goes on
+    assert res["status"] == "failed" and res["error"].startswith("RuntimeError: injected failure")
+    assert json.loads((job / "results.json").read_text())["status"] == "failed"
+    assert (job / "samples.jsonl").read_text() == ""
+    assert "failed" in (job.parent / "sweep.csv").read_text()
+    flag.unlink()
+    retry = run_job(compose(over), job, ROOT)
+    assert retry["status"] == "ok" and retry["config_hash"] == res["config_hash"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.path=no/such/folder"], "model folder not found: .*no/such/folder"),
+    (["block_length=20"], "block_length=20"),
+    (["task.n_steps=30"], "task 'arith': ValueError: .*n_steps"),
+])
+def test_bad_input_stops_before_anything_is_written(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run_job(compose(overrides), tmp_path / "s" / "j", ROOT)
+    assert not (tmp_path / "s").exists()
+
+
+def test_model_paths_resolve_against_the_root(tmp_path):
+    assert resolve_model_path("../shared/fixtures/llada_tiny", ROOT) == str(LLADA_TINY.resolve())
+    assert resolve_model_path(str(LLADA_TINY), tmp_path) == str(LLADA_TINY.resolve())  # absolute
+    assert resolve_model_path("GSAI-ML/LLaDA-8B-Instruct", ROOT) == "GSAI-ML/LLaDA-8B-Instruct"
+    with pytest.raises(ConfigError, match="assets/models/nope"):
+        resolve_model_path("assets/models/nope", ROOT)
+
+
+def test_threads_are_shared_between_parallel_jobs(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+        assert set_threads(compose(["num_threads=null", "n_parallel=4"])) == 2
+        assert set_threads(compose(["num_threads=null", "n_parallel=16"])) == 1
+        assert set_threads(compose(["num_threads=3"])) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
