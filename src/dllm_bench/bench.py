@@ -21,6 +21,7 @@ import time
 import torch
 
 from .decoding import CACHES, generate
+from .decoding.graphs import StaticBuffers, clear_static_buffers
 from .models import build_model, load_model
 from .models.loading import resolve_dtype
 
@@ -123,6 +124,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--skip-e2e", action="store_true", help="time the steps only, no whole generate")
     return p.parse_args(argv)
 
 
@@ -161,75 +163,92 @@ def build(args, device):
     return model, f"random:{args.random_weights or args.config}"
 
 
-def step_fn(model, cache_name: str, x, block_start: int, block_end: int):
-    """The forward a cache mode repeats within a block (after its refresh filled the cache)."""
+def step_fn(model, cache_name: str, x, block_start: int, block_end: int, graphs: bool):
+    """The forward a cache mode repeats within a block, after its refresh filled the cache.
+
+    Runs on static buffers; with ``graphs`` (CUDA) each call replays a captured graph.
+    """
     strategy = CACHES[cache_name]
-    L = x.shape[1]
-    kv = model.new_cache(x.shape[0], L) if strategy.uses_cache else None
-    if kv is not None:
-        model(x, cache=kv, start=0, logits_slice=slice(block_start, block_end))
+    B, L = x.shape
+    buffers = StaticBuffers(model, B, L, strategy.uses_cache, masked=False, capture=graphs)
+    buffers.load(x, None, None)
+    kv, xs = buffers.kv, buffers.x
+    if kv is not None:  # the block's refresh
+        model(xs, cache=kv, start=0, logits_slice=slice(block_start, block_end))
     start, end = strategy.window(block_start, block_end, L)
     sl = slice(block_start - start, block_end - start)
-    return lambda: model(x[:, start:end], cache=kv, start=start, logits_slice=sl), kv
+
+    def step():
+        return (model(xs[:, start:end], cache=kv, start=start, logits_slice=sl),)
+
+    return (lambda: buffers.run("step", step)), buffers
 
 
 @torch.no_grad()
+def measure(model, args, device) -> dict:
+    """Time every cache mode on ``model`` with the shapes in ``args``; the JSON-ready result."""
+    cfg = model.config
+    B, P, G, bl = args.batch_size, args.prompt_length, args.gen_length, args.block_length
+    if P + G > cfg.max_length:
+        raise SystemExit(f"error: prompt {P} + gen {G} exceeds the model's maximum length {cfg.max_length}")
+    graphs = args.graphs == "on"
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (B, P), generator=gen).to(device)
+    x = torch.cat([prompt, torch.full((B, G), cfg.mask_token_id, device=device)], 1)
+    s, e = P + G // 2, P + G // 2 + bl  # a block in the middle of the generation
+    if e > P + G:
+        s, e = P, P + bl
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows = []
+    for name in args.caches.split(","):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        fn, buffers = step_fn(model, name, x, s, e, graphs)
+        step_ms = median_ms(fn, device, args.warmup, args.repeats)
+        kv_bytes = buffers.kv.nbytes if buffers.kv is not None else 0
+        del fn, buffers
+        full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)
+        kw = dict(gen_length=G, block_length=bl, steps=G, cache=name, decoding=args.decoding, graphs=graphs)
+        if args.decoding == "threshold":
+            kw["threshold"] = args.threshold
+        if args.decoding == "factor":
+            kw["factor"] = args.factor or 1.0
+        row = {"cache": name, "step_ms": round(step_ms, 3), "full_forward_ms": round(full_ms, 3),
+               "forwards_per_s": round(1e3 / step_ms, 2), "kv_cache_bytes": kv_bytes}
+        if not args.skip_e2e:
+            generate(model, prompt, **kw)  # warm-up (and graph capture)
+            sync(device)
+            t0 = time.perf_counter()
+            res = generate(model, prompt, **kw)
+            sync(device)
+            e2e = time.perf_counter() - t0
+            row.update({"e2e_s": round(e2e, 4), "nfe": res.nfe, "e2e_ms_per_forward": round(e2e * 1e3 / res.nfe, 3),
+                        "tokens_per_s": round(B * G / e2e, 2), "tokens_per_forward": round(G / res.nfe, 3)})
+        row["peak_memory_bytes"] = peak_memory_bytes(device)
+        rows.append(row)
+        clear_static_buffers(model)
+    out = {"bench": "dllm_bench.bench", "arch": cfg.arch, "params": cfg.n_params(),
+           "weights_bytes": weights_bytes, "device": str(device), "device_name": device_name(device),
+           "dtype": args.dtype, "batch_size": B, "prompt_length": P, "gen_length": G, "block_length": bl,
+           "decoding": args.decoding, "graphs": args.graphs, "torch": torch.__version__, "results": rows}
+    if device.type == "cuda":
+        bw = copy_bandwidth(device)
+        floor_ms = weights_bytes / (bw / 2) * 1e3  # the weights must be read once per step
+        out["copy_bandwidth_gb_s"] = round(bw / 1e9, 1)
+        out["bandwidth_floor_ms"] = round(floor_ms, 3)
+        for r in rows:
+            r["ratio_to_floor"] = round(r["step_ms"] / floor_ms, 2)
+    return out
+
+
 def run(args) -> dict:
     device = validate(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model, source = build(args, device)
-    cfg = model.config
-    B, P, G, bl = args.batch_size, args.prompt_length, args.gen_length, args.block_length
-    if P + G > cfg.max_length:
-        raise SystemExit(f"error: prompt {P} + gen {G} exceeds the model's maximum length {cfg.max_length}")
-    gen = torch.Generator().manual_seed(args.seed)
-    prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (B, P), generator=gen).to(device)
-    x = torch.cat([prompt, torch.full((B, G), cfg.mask_token_id, device=device)], 1)
-    s, e = P + G // 2, P + G // 2 + bl  # a block in the middle of the generation
-    if s + bl > P + G:
-        s, e = P, P + bl
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    rows = []
-    for name in args.caches.split(","):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        fn, kv = step_fn(model, name, x, s, e)
-        step_ms = median_ms(fn, device, args.warmup, args.repeats)
-        full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)
-        kw = dict(gen_length=G, block_length=bl, steps=G, cache=name, decoding=args.decoding)
-        if args.decoding == "threshold":
-            kw["threshold"] = args.threshold
-        if args.decoding == "factor":
-            kw["factor"] = args.factor or 1.0
-        res = generate(model, prompt, **kw)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        res = generate(model, prompt, **kw)
-        sync(device)
-        e2e = time.perf_counter() - t0
-        rows.append({
-            "cache": name, "step_ms": round(step_ms, 3), "full_forward_ms": round(full_ms, 3),
-            "forwards_per_s": round(1e3 / step_ms, 2), "e2e_s": round(e2e, 4), "nfe": res.nfe,
-            "e2e_ms_per_forward": round(e2e * 1e3 / res.nfe, 3),
-            "tokens_per_s": round(B * G / e2e, 2), "tokens_per_forward": round(G / res.nfe, 3),
-            "kv_cache_bytes": kv.nbytes if kv is not None else 0,
-            "peak_memory_bytes": peak_memory_bytes(device),
-        })
-        del kv
-    out = {"bench": "dllm_bench.bench", "model": source, "arch": cfg.arch, "params": cfg.n_params(),
-           "weights_bytes": weights_bytes, "device": str(device), "device_name": device_name(device),
-           "dtype": args.dtype, "batch_size": B, "prompt_length": P, "gen_length": G, "block_length": bl,
-           "decoding": args.decoding, "graphs": args.graphs, "torch": torch.__version__, "results": rows}
-    if device.type == "cuda":
-        bw = copy_bandwidth(device)
-        floor_ms = weights_bytes / (bw / 2) * 1e3  # weights must be read once per step
-        out["copy_bandwidth_gb_s"] = round(bw / 1e9, 1)
-        out["bandwidth_floor_ms"] = round(floor_ms, 3)
-        for r in rows:
-            r["ratio_to_floor"] = round(r["step_ms"] / floor_ms, 2)
-    return out
+    return {"model": source, **measure(model, args, device)}
 
 
 def print_table(out: dict) -> None:

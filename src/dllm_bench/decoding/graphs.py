@@ -21,14 +21,15 @@ import torch
 class StaticBuffers:
     """Preallocated x / KV cache / positions / mask for one (batch, length) shape, plus its graphs."""
 
-    def __init__(self, model, batch: int, length: int, uses_cache: bool, masked: bool):
+    def __init__(self, model, batch: int, length: int, uses_cache: bool, masked: bool,
+                 capture: bool | None = None):
         device = model.device
         self.x = torch.empty((batch, length), dtype=torch.long, device=device)
         self.kv = model.new_cache(batch, length) if uses_cache else None
         self.position_ids = torch.empty((batch, length), dtype=torch.long, device=device) if masked else None
         self.attention_mask = torch.empty((batch, length), dtype=torch.bool, device=device) if masked else None
         self.graphs: dict = {}
-        self.capture = device.type == "cuda"
+        self.capture = device.type == "cuda" if capture is None else capture
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
 
     def load(self, x: torch.Tensor, position_ids, attention_mask) -> None:
