@@ -22,6 +22,7 @@ import torch
 
 from .decoding import CACHES, generate
 from .decoding.graphs import StaticBuffers, clear_static_buffers
+from .metrics.timing import peak_memory_bytes, reset_peak, synchronize
 from .models import build_model, load_model
 from .models.loading import resolve_dtype
 
@@ -43,21 +44,16 @@ PRESETS = {
 }
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median_ms(fn, device, warmup: int, repeats: int) -> float:
     """Median wall time of ``fn()`` in ms, after ``warmup`` untimed calls, synchronising the device."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -66,13 +62,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def estimate_bytes(config, batch: int, length: int, dtype: torch.dtype) -> int:
@@ -203,7 +192,7 @@ def measure(model, args, device) -> dict:
     for name in args.caches.split(","):
         if device.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak(device)
         fn, buffers = step_fn(model, name, x, s, e, graphs)
         step_ms = median_ms(fn, device, args.warmup, args.repeats)
         kv_bytes = buffers.kv.nbytes if buffers.kv is not None else 0
@@ -218,10 +207,10 @@ def measure(model, args, device) -> dict:
                "forwards_per_s": round(1e3 / step_ms, 2), "kv_cache_bytes": kv_bytes}
         if not args.skip_e2e:
             generate(model, prompt, **kw)  # warm-up (and graph capture)
-            sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             res = generate(model, prompt, **kw)
-            sync(device)
+            synchronize(device)
             e2e = time.perf_counter() - t0
             row.update({"e2e_s": round(e2e, 4), "nfe": res.nfe, "e2e_ms_per_forward": round(e2e * 1e3 / res.nfe, 3),
                         "tokens_per_s": round(B * G / e2e, 2), "tokens_per_forward": round(G / res.nfe, 3)})
