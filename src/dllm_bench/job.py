@@ -140,11 +140,12 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]
 
 
 def _summary(res: dict, job: str) -> str:
-    m = res["metrics"]
     if res["status"] != "ok":
         return f"[failed] {job}: {res['error']}"
-    return (f"[ok] {job}: accuracy={m['accuracy']:.3f} tokens/s={m['tokens_per_s']:.1f} "
-            f"nfe={m['nfe_mean']:.1f} latency_median={m['latency_s_median']:.3f}s n={m['n_samples']}")
+    m = res["metrics"]
+    shown = {"accuracy": 3, "tokens_per_s": 1, "nfe_mean": 1, "latency_s_median": 3}
+    parts = [f"{k}={m[k]:.{d}f}" if isinstance(m.get(k), float) else f"{k}={m.get(k)}" for k, d in shown.items()]
+    return f"[ok] {job}: " + " ".join(parts) + f" n={m['n_samples']}"
 
 
 def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict:

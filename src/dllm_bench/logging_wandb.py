@@ -8,12 +8,9 @@ Anything W&B cannot do becomes a warning: local results never depend on it.
 """
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 # results.json metric -> W&B summary key (namespaced so W&B groups the panels)
 WANDB_KEYS = {
@@ -67,7 +64,6 @@ class WandbLogger:
             self._log(results, samples, Path(job_dir))
         except Exception as e:  # W&B must never cost the local results
             msg = f"W&B logging failed for {job_dir} ({type(e).__name__}: {e}); local results are written"
-            log.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _log(self, results: dict, samples: list[dict], job_dir: Path) -> None:
@@ -78,7 +74,7 @@ class WandbLogger:
                             f"decoding:{cfg['decoding']['name']}", f"status:{results['status']}"]
         run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(job_dir),
                          group=results["sweep"], name=f"{results['sweep']}/{job_dir.name}",
-                         job_type=cfg["task"]["name"], config=cfg, tags=tags, reinit="finish_previous")
+                         job_type=cfg["task"]["name"], config=cfg, tags=tags)
         try:
             summary = {wandb_key(k): v for k, v in results["metrics"].items() if v is not None}
             summary.update(status=results["status"], error=results["error"], config_hash=results["config_hash"])
