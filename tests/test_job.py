@@ -125,3 +125,22 @@ def test_threads_are_shared_between_parallel_jobs(monkeypatch):
         assert set_threads(compose(["num_threads=3"])) == 3 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_config_is_the_tiny_llada_cell():
+    cfg = compose([], tiny=False)
+    assert (cfg.model.name, cfg.cache.name, cfg.decoding.name, cfg.decoding.threshold, cfg.task.name,
+            cfg.n_samples, cfg.logger._target_.rsplit(".", 1)[-1]) == \
+        ("llada_tiny_arith", "dual", "threshold", 0.9, "arith", 50, "WandbLogger")
+
+
+@pytest.mark.parametrize("model", ["llada_tiny_arith", "dream_tiny_arith"])
+def test_shipped_tiny_models_solve_arith(tmp_path, model):
+    """The whole path (char tokenizer, prompts, decoding, stop at EOS, scoring) on a trained model."""
+    folder = ROOT / "assets" / "models" / model.replace("_arith", "-arith").replace("_", "-")
+    if not (folder / "config.json").exists():
+        pytest.skip(f"{folder} not trained yet")
+    res = run_job(compose([f"model={model}", "n_samples=8", "gen_length=48", "batch_size=8"]), tmp_path / "s" / "j", ROOT)
+    assert res["status"] == "ok"
+    assert res["metrics"]["accuracy"] >= 0.5
+    assert res["metrics"]["tokens_per_forward"] > 1  # threshold decoding accepts several tokens a step
