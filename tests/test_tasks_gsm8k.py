@@ -91,3 +91,10 @@ def test_fewshot_prompt_byte_identical_to_harness(task, seed):
 def test_seed_changes_the_fewshot_examples(task):
     assert task.samples(1, seed=1234)[0].prompt != task.samples(1, seed=7)[0].prompt
     assert task.samples(2, seed=7)[1].prompt == task.samples(2, seed=7)[1].prompt
+
+
+def test_pinned_fewshot_seed_overrides_the_run_seed():
+    pinned = get_task("gsm8k", data_dir=GSM8K, fewshot_seed=1234)
+    free = get_task("gsm8k", data_dir=GSM8K)
+    assert [s.prompt for s in pinned.samples(3, seed=0)] == [s.prompt for s in free.samples(3, seed=1234)]
+    assert [s.prompt for s in free.samples(3, seed=0)] != [s.prompt for s in free.samples(3, seed=1234)]

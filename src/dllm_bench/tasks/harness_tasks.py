@@ -120,13 +120,15 @@ class HarnessTask:
     num_fewshot: None keeps the harness's default (gsm8k 5, minerva_math 4, humaneval 0, mbpp 3).
     allow_code_execution: required True for humaneval / mbpp (lm-eval's --confirm_run_unsafe_code).
     timeout_s, memory_mb, workers: per-program limits and pool size for code execution.
+    fewshot_seed: if set, the few-shot seed used whatever ``samples`` is passed.
     metric / primary_filter: which harness metric under which filter is ``Score.correct``
         (default: exact_match, gsm8k ``flexible-extract``); every metric x filter is in ``Score.extra``.
     """
 
     def __init__(self, name: str, data_dir: str | Path | None = None, num_fewshot: int | None = None,
                  allow_code_execution: bool = False, timeout_s: float = 3.0, memory_mb: int = 1024,
-                 workers: int | None = None, metric: str | None = None, primary_filter: str | None = None):
+                 workers: int | None = None, metric: str | None = None, primary_filter: str | None = None,
+                 fewshot_seed: int | None = None):
         bench = BENCHMARKS[name]
         if bench.code and allow_code_execution is not True:
             raise ValueError(f"task {name!r} executes model-written code; opt in with "
@@ -137,7 +139,9 @@ class HarnessTask:
             raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
         if not (type(memory_mb) is int and memory_mb >= 64):
             raise ValueError(f"memory_mb must be an int >= 64, got {memory_mb!r}")
-        self.name, self._bench = name, bench
+        if fewshot_seed is not None and type(fewshot_seed) is not int:
+            raise ValueError(f"fewshot_seed must be an int or None, got {fewshot_seed!r}")
+        self.name, self._bench, self.fewshot_seed = name, bench, fewshot_seed
         self.requires_code_execution = bench.code
         self.timeout_s, self.memory_mb, self.workers = timeout_s, memory_mb, workers
         self.metric = metric or bench.metric
@@ -199,7 +203,11 @@ class HarnessTask:
     # --------------------------------------------------------------------- Task protocol
     def samples(self, n: int | None = None, seed: int = HARNESS_FEWSHOT_SEED) -> list[Sample]:
         """The first ``n`` test docs (all when None) with their few-shot prompts; ``seed`` is
-        lm-eval's few-shot seed, so the prompts equal ``lm_eval --limit n --fewshot_seed seed``'s."""
+        lm-eval's few-shot seed, so the prompts equal ``lm_eval --limit n --fewshot_seed seed``'s.
+        A ``fewshot_seed`` given at construction takes precedence (sweeps pin lm-eval's 1234 there
+        so that the run's ``seed`` does not change the few-shot examples)."""
+        if self.fewshot_seed is not None:
+            seed = self.fewshot_seed
         if n is not None and (not isinstance(n, int) or n <= 0):
             raise ValueError(f"n must be a positive int or None, got {n!r}")
         sizes = [len(t.eval_docs) for t in self.lm_eval_tasks]
