@@ -1,8 +1,9 @@
 """Evaluate a shipped tiny model on held-out ``arith`` problems across decoding x cache settings.
 
-    PYTHONPATH=src python scripts/eval_tiny.py assets/models/llada-tiny-arith [--n 500] [--threads 1]
+    PYTHONPATH=src python scripts/eval_tiny.py assets/models/llada-tiny-arith [--n 500] [--n-grid 200]
 
-Grid: decoding threshold in {0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0} and fixed k tokens/step in
+The two headline cells (fixed 1 token/step without cache, the baseline; threshold 0.9 with the
+dual cache) use ``--n`` problems, the rest of the grid the first ``--n-grid`` of them. Grid: decoding threshold in {0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0} and fixed k tokens/step in
 {1, 2, 4, 8} (steps = gen_length / k), each with cache none / prefix / dual, block_length 16.
 Per cell: accuracy, NFE (mean of each row's own forward count, i.e. its batch-size-1 cost) and
 generated tokens per second (tokens up to EOS / batched wall time after a warm-up, on this CPU).
@@ -24,6 +25,7 @@ from dllm_bench import load_model, load_tokenizer
 from dllm_bench.tasks.arithmetic import ArithmeticTask
 from dllm_bench.train import EVAL_BEGIN, EVAL_END, evaluate
 
+HEADLINE = ("fixed-1/none", "threshold-0.9/dual")
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 KS = (1, 2, 4, 8)
 CACHES = ("none", "prefix", "dual")
@@ -50,16 +52,19 @@ def _cpu_name() -> str:
 
 def table_markdown(rows: list[dict], meta: dict) -> str:
     base = next(r for r in rows if r["decoding"] == "fixed" and r["k"] == 1 and r["cache"] == "none")
-    lines = [f"Measured by `scripts/eval_tiny.py`: {meta['n']} held-out problems (task seed 0), gen_length "
+    lines = [f"Measured by `scripts/eval_tiny.py` on held-out problems (task seed 0): gen_length "
              f"{meta['gen_length']}, block_length {meta['block_length']}, batch {meta['batch_size']}, "
+             f"{meta['n']} problems for the baseline and threshold 0.9 + dual rows, the first {meta['n_grid']} "
+             f"for the others, "
              f"{meta['device']} with torch.set_num_threads({meta['threads']}) (machine shared with other jobs, "
              f"so tokens/s is indicative). NFE: forwards per problem at batch size 1; "
              f"relative NFE against the baseline (fixed, 1 token/step, no cache: "
              f"{base['accuracy']:.1%}, NFE {base['nfe_mean']:.1f}).", "",
-             "| decoding | cache | accuracy | NFE | NFE vs baseline | tokens/s |", "|---|---|---|---|---|---|"]
+             "| decoding | cache | problems | accuracy | NFE | NFE vs baseline | tokens/s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"threshold {r['threshold']}" if r["decoding"] == "threshold" else f"fixed {r['k']} tok/step"
-        lines.append(f"| {name} | {r['cache']} | {r['accuracy']:.1%} | {r['nfe_mean']:.1f} | "
+        lines.append(f"| {name} | {r['cache']} | {r['n_samples']} | {r['accuracy']:.1%} | {r['nfe_mean']:.1f} | "
                      f"{r['nfe_mean'] / base['nfe_mean']:.0%} | {r['tokens_per_s']:.0f} |")
     return "\n".join(lines)
 
@@ -67,8 +72,9 @@ def table_markdown(rows: list[dict], meta: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="checkpoint folder")
-    ap.add_argument("--n", type=int, default=500, help="held-out problems per cell")
-    ap.add_argument("--gen-length", type=int, default=48)
+    ap.add_argument("--n", type=int, default=500, help="held-out problems for the headline cells")
+    ap.add_argument("--n-grid", type=int, default=200, help="held-out problems for the other cells")
+    ap.add_argument("--gen-length", type=int, default=64)
     ap.add_argument("--block-length", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
@@ -90,11 +96,12 @@ def main() -> None:
         if args.only and not re.search(args.only, name):
             continue
         kw = {"threshold": cell["threshold"]} if cell["decoding"] == "threshold" else {}
-        res = evaluate(model, tok, task, samples, batch_size=args.batch_size, cache=cell["cache"],
+        cell_samples = samples if name in HEADLINE else samples[: args.n_grid]
+        res = evaluate(model, tok, task, cell_samples, batch_size=args.batch_size, cache=cell["cache"],
                        decoding=cell["decoding"], steps=cell["steps"], **kw, **gen)
         rows.append({**cell, **res})
         print(json.dumps({"cell": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}}), flush=True)
-    meta = {"model": str(folder), "n": args.n, "batch_size": args.batch_size, "threads": args.threads,
+    meta = {"model": str(folder), "n": args.n, "n_grid": args.n_grid, "batch_size": args.batch_size, "threads": args.threads,
             "device": f"CPU ({_cpu_name()})", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **gen}
     if args.only is None:
         (folder / "eval_tiny.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

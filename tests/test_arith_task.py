@@ -12,8 +12,12 @@ def _solve(prompt: str, modulus: int) -> list[tuple[str, int]]:
     env, lines = {}, []
     for stmt in prompt.rstrip("?").split(";")[:-1]:
         name, expr = stmt.split("=")
+        if len(expr) > 1 and expr[0].isalpha():  # "b+3" -> "7+3=0" with b = 7
+            worked = "".join(str(env[c]) if c.isalpha() else c for c in expr)
+        else:
+            worked = None
         env[name] = eval(expr, {}, dict(env)) % modulus  # noqa: S307 (our own generated text)
-        lines.append((name, env[name]))
+        lines.append((name, env[name], worked))
     return lines
 
 
@@ -30,7 +34,7 @@ def test_solution_is_the_worked_chain(kw):
     for s in task.samples(50):
         steps = _solve(s.prompt, task.modulus)
         assert s.prompt.endswith(f"{steps[-1][0]}?")
-        want = ";".join(f"{n}={v}" for n, v in steps[1:]) + f";#{steps[-1][1]}"
+        want = ";".join(f"{w}={v}" for _, v, w in steps[1:]) + f";#{steps[-1][1]}"
         assert s.meta["solution"] == want and s.target == steps[-1][1]
         assert len(s.meta["solution"]) <= task.max_answer_chars < task.gen_length
         assert len(re.findall(r"[a-z]=", s.prompt)) == task.n_steps + 1

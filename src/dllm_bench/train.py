@@ -75,18 +75,18 @@ class TrainConfig:
     overwrite: bool = False
     seed: int = 0
     threads: int = 1
-    steps: int = 1200
+    steps: int = 2400
     batch_size: int = 32
     lr: float = 3e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    gen_lengths: list = field(default_factory=lambda: [40, 48])
-    save_every: int = 200
+    gen_lengths: list = field(default_factory=lambda: [56, 64])
+    save_every: int = 400
     log_every: int = 10
     eval_samples: int = 200
-    eval_gen_length: int = 48
+    eval_gen_length: int = 64
     eval_block_length: int = 16
 
     def __post_init__(self):
@@ -318,7 +318,7 @@ def write_card(out: Path, cfg: TrainConfig, cfg_dict: dict, history: list[dict],
 A tiny {cfg.arch.name.upper()}-architecture masked diffusion LM ({model_config(cfg).n_params() / 1e6:.2f} M
 parameters, character tokenizer) trained from scratch by `dllm_bench.train` on the synthetic `arith` task
 (`dllm_bench.tasks.arithmetic`): chained arithmetic modulo {task.modulus}, {task.n_steps} steps, answered with a
-worked solution, e.g. `a=7;b=a*3;c=b-5;d=c+a;d?` -> `b=1;c=6;d=3;#3`. It exists so that every sweep of
+worked solution, e.g. `a=7;b=a*3;c=b-5;d=c+a;d?` -> `7*3=1;1-5=6;6+7=3;#3`. It exists so that every sweep of
 dllm-bench runs for real on a CPU; it is not a general language model.
 
 - Prompt: the problem text as is (no chat template, no BOS). Answer: the solution, then EOS padding.

@@ -2,14 +2,16 @@
 
 A problem sets ``a`` to a number, then defines ``n_steps`` more variables, each the previous one
 combined (``+ - *``, modulo ``modulus``) with a constant or an earlier variable, and asks for the
-last one. The answer is the worked solution, one value per line of the chain, then ``#`` and the
-final value::
+last one. The answer is the worked solution, one line per step with the values substituted, then
+``#`` and the final value::
 
     prompt  a=7;b=a*3;c=b-5;d=c+a;d?          (modulus 10)
-    answer  b=1;c=6;d=3;#3
+    answer  7*3=1;1-5=6;6+7=3;#3
 
-Each value depends on earlier ones, so unmasking many answer tokens in one step can break the
-chain: the failure the confidence threshold of parallel decoding guards against. Problems come
+Each line starts from the previous line's result, so unmasking many answer tokens in one step can
+break the chain: the failure the confidence threshold of parallel decoding guards against. (With
+one-character numbers a solution line is as long as its prompt line, so line k of the answer sits
+at a fixed distance from line k of the prompt: a tiny model learns the task in minutes.) Problems come
 from a seeded generator; the split of a problem is a hash of its prompt (``heldout`` when the
 hash is 0 mod 10, else ``train``), so the two splits never share a problem.
 """
@@ -32,7 +34,7 @@ _FINAL = re.compile(r"#(\d+)")
 @dataclass(frozen=True)
 class Problem:
     prompt: str     # "a=7;b=a*3;...;d?"
-    solution: str   # "b=1;c=6;d=3;#3"
+    solution: str   # "7*3=1;1-5=6;6+7=3;#3"
     value: int      # the final value
 
 
@@ -59,7 +61,7 @@ def make_problem(rng: random.Random, n_steps: int, modulus: int, ops: str, var_p
         v = (prev + operand if op == "+" else prev - operand if op == "-" else prev * operand) % modulus
         values.append(v)
         prompt.append(f"{names[i]}={names[i - 1]}{op}{rhs}")
-        solution.append(f"{names[i]}={v}")
+        solution.append(f"{prev}{op}{operand}={v}")
     return Problem(";".join(prompt) + f";{names[-1]}?", ";".join(solution) + f";#{values[-1]}", values[-1])
 
 
@@ -100,8 +102,8 @@ class ArithmeticTask:
     @property
     def max_answer_chars(self) -> int:
         """Length of the longest possible answer (one token per character)."""
-        digits = len(str(self.modulus - 1))
-        return self.n_steps * (3 + digits) - 1 + 1 + 1 + digits  # "x=V" lines joined by ";", then ";#V"
+        d = len(str(self.modulus - 1))
+        return self.n_steps * (3 * d + 3) - 1 + 2 + d  # "XoY=V" lines joined by ";", then ";#V"
 
     @property
     def gen_length(self) -> int:

@@ -1,0 +1,31 @@
+"""The shipped tiny checkpoints load in their official formats and solve held-out arith problems."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dllm_bench import load_model, load_tokenizer
+from dllm_bench.tasks.arithmetic import ArithmeticTask
+from dllm_bench.train import evaluate
+
+MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
+# floors well under the measured accuracy (README.md of each model), to catch a broken model or
+# engine rather than to re-measure: threshold 0.9 + dual cache, 50 held-out problems
+FLOORS = {"llada-tiny-arith": ("llada", 0.8), "dream-tiny-arith": ("dream", 0.7)}
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_shipped_model_scores_above_floor(name):
+    folder = MODELS / name
+    arch, floor = FLOORS[name]
+    assert (folder / "model.safetensors").stat().st_size < 20 * 2**20
+    torch.set_num_threads(1)
+    model, tok = load_model(folder), load_tokenizer(folder)
+    assert model.config.arch == arch and model.config.mask_token_id == tok.mask_token_id
+    task_cfg = yaml.safe_load((folder / "train_config.yaml").read_text())["task"]
+    task = ArithmeticTask(**task_cfg, split="heldout", seed=0)
+    res = evaluate(model, tok, task, task.samples(50), batch_size=50, gen_length=64, block_length=16,
+                   steps=64, cache="dual", decoding="threshold", threshold=0.9)
+    assert res["accuracy"] >= floor, res
+    assert res["nfe_mean"] < 64  # parallel decoding actually decoded several tokens per forward
