@@ -23,6 +23,16 @@ TINY = ["model=fixture_llada_tiny", "logger=none", "n_samples=2", "batch_size=2"
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "llada_tiny").is_dir(), reason="../shared/fixtures missing")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_global_hydra():
+    """Each test module starts without a global Hydra instance: ``compose`` keeps one alive for
+    speed, and modules that initialise Hydra themselves (the trainer's tests) must not find it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    yield
+
+
 def compose(overrides: list[str] = (), hydra_cfg: bool = False, tiny: bool = True):
     """The root config composed like run.py does, with ``TINY`` (unless ``tiny=False``) then
     ``overrides`` applied."""
