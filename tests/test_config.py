@@ -113,6 +113,7 @@ def test_unknown_key_lists_valid_ones():
     (["batch_size=0"], "batch_size=0"),
     (["dtype=float8"], "unknown dtype 'float8'"),
     (["model.family=lada"], "unknown model.family 'lada'.*did you mean llada"),
+    (["graphs=true", "decoding.temperature=0.5"], "graphs=true needs deterministic steps"),
 ])
 def test_invalid_values_fail_with_their_name(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -144,3 +144,13 @@ def test_shipped_tiny_models_solve_arith(tmp_path, model):
     assert res["status"] == "ok"
     assert res["metrics"]["accuracy"] >= 0.5
     assert res["metrics"]["tokens_per_forward"] > 1  # threshold decoding accepts several tokens a step
+
+
+def test_graphs_option_reaches_the_engine_with_the_same_tokens(tmp_path):
+    base = ["cache=dual", "decoding=threshold", "threshold=0.7", "n_samples=2"]
+    eager = run_job(compose(base), tmp_path / "s" / "eager", ROOT)
+    static = run_job(compose([*base, "graphs=true"]), tmp_path / "s" / "graphs", ROOT)
+    assert static["status"] == "ok" and static["config"]["graphs"] is True
+    assert static["config_hash"] != eager["config_hash"]
+    outputs = [[r["output"] for r in _rows(tmp_path / "s" / d)] for d in ("eager", "graphs")]
+    assert outputs[0] == outputs[1]

@@ -72,6 +72,7 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "float32"
     stop_at_eos: bool = False
+    graphs: bool = False  # static-shape steps, CUDA graphs on a GPU (same tokens as eager)
     num_threads: Optional[int] = None  # torch threads; null: cpu_count // n_parallel
     n_parallel: int = 1              # jobs running at once on this machine (submitit_local: all)
     force: bool = False              # rerun even when the sweep folder holds an ok result
@@ -175,6 +176,9 @@ def validate(cfg) -> None:
         bad.append(f"decoding.factor={d.factor} must be > 0")
     if d.temperature < 0:
         bad.append(f"decoding.temperature={d.temperature} must be >= 0")
+    if cfg.graphs and (d.temperature > 0 or d.remasking != "low_confidence"):
+        bad.append(f"graphs=true needs deterministic steps (decoding.temperature=0, low_confidence "
+                   f"remasking), got temperature={d.temperature}, remasking={d.remasking}")
     if cfg.batch_size < 1:
         bad.append(f"batch_size={cfg.batch_size} must be >= 1")
     if cfg.n_samples is not None and cfg.n_samples < 1:

@@ -60,7 +60,8 @@ def _generate_kwargs(cfg) -> dict:
     d = cfg.decoding
     return dict(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
                 cache=cfg.cache.name, decoding=d.name, threshold=d.threshold, factor=d.factor,
-                temperature=d.temperature, remasking=d.remasking, stop_at_eos=cfg.stop_at_eos)
+                temperature=d.temperature, remasking=d.remasking, stop_at_eos=cfg.stop_at_eos,
+                graphs=cfg.graphs)
 
 
 def _kv_bytes(model, batch: int, length: int) -> int:
