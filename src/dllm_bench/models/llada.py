@@ -14,6 +14,7 @@ PROFILE = LLADA
 _UNSUPPORTED = {  # config flags whose non-default values this implementation does not cover
     "alibi": False, "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu",
     "input_emb_norm": False, "scale_logits": False, "attention_layer_norm": False, "rope": True,
+    "clip_qkv": None,
 }
 
 
