@@ -65,7 +65,7 @@ class StaticBuffers:
 def static_buffers(model, batch: int, length: int, uses_cache: bool, masked: bool) -> StaticBuffers:
     """The model's buffers for this shape (created on first use, then reused)."""
     store = model.__dict__.setdefault("_static_buffers", {})
-    key = (batch, length, uses_cache, masked, model.dtype)
+    key = (batch, length, uses_cache, masked, model.dtype, str(model.device))
     if key not in store:
         store[key] = StaticBuffers(model, batch, length, uses_cache, masked)
     return store[key]
