@@ -75,15 +75,15 @@ class TrainConfig:
     overwrite: bool = False
     seed: int = 0
     threads: int = 1
-    steps: int = 2400
+    steps: int = 1500
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     gen_lengths: list = field(default_factory=lambda: [56, 64])
-    save_every: int = 400
+    save_every: int = 250
     log_every: int = 10
     eval_samples: int = 200
     eval_gen_length: int = 64
