@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from dllm_bench import load_model, load_tokenizer
+from dllm_bench.metrics.timing import cpu_name
 from dllm_bench.tasks.arithmetic import ArithmeticTask
 from dllm_bench.train import EVAL_BEGIN, EVAL_END, evaluate
 
@@ -38,16 +38,6 @@ def cells(gen_length: int):
     for k in KS:
         for cache in CACHES:
             yield {"decoding": "fixed", "k": k, "cache": cache, "steps": gen_length // k}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def table_markdown(rows: list[dict], meta: dict) -> str:
@@ -102,7 +92,7 @@ def main() -> None:
         rows.append({**cell, **res})
         print(json.dumps({"cell": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}}), flush=True)
     meta = {"model": str(folder), "n": args.n, "n_grid": args.n_grid, "batch_size": args.batch_size, "threads": args.threads,
-            "device": f"CPU ({_cpu_name()})", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **gen}
+            "device": f"CPU ({cpu_name()})", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **gen}
     if args.only is None:
         (folder / "eval_tiny.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         card = folder / "README.md"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 
 from .decoding import CACHES, generate
 from .decoding.graphs import StaticBuffers, clear_static_buffers
-from .metrics.timing import peak_memory_bytes, reset_peak, synchronize
+from .metrics.timing import device_name, peak_memory_bytes, reset_peak, synchronize
 from .models import build_model, load_model
 from .models.loading import resolve_dtype
 
@@ -56,12 +55,6 @@ def median_ms(fn, device, warmup: int, repeats: int) -> float:
         synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def estimate_bytes(config, batch: int, length: int, dtype: torch.dtype) -> int:

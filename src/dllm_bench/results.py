@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from .metrics.timing import cpu_name
+
 SCHEMA_VERSION = 1
 RESULTS, SAMPLES, SWEEP_TABLE = "results.json", "samples.jsonl", "sweep.csv"
 
@@ -61,16 +63,6 @@ def _git_commit(where: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def env_stamp(device: str = "cpu") -> dict[str, Any]:
     """Versions and hardware: device name, torch, CUDA, transformers, dllm_bench, git commit."""
     import torch
@@ -79,7 +71,7 @@ def env_stamp(device: str = "cpu") -> dict[str, Any]:
     import dllm_bench
 
     dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     return {"device_name": name, "torch": torch.__version__, "cuda": torch.version.cuda,
             "transformers": transformers.__version__, "dllm_bench": dllm_bench.__version__,
             "git_commit": _git_commit(Path(dllm_bench.__file__).resolve().parent),

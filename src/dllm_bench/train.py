@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .metrics.timing import cpu_name
 from .models import ModelConfig, build_model, save_model
 from .tasks.arithmetic import ArithmeticTask
 from .tokenizer import build_tokenizer, save_tokenizer, special_ids, vocab
@@ -238,10 +239,6 @@ def quick_eval(cfg: TrainConfig, model) -> dict | None:
     """Held-out accuracy with threshold 0.9 + dual cache (None when the engine has no ``generate``)."""
     if cfg.eval_samples <= 0:
         return None
-    try:
-        from . import generate  # noqa: F401  (landed with the engine)
-    except ImportError:
-        return None
     task = ArithmeticTask(**asdict(cfg.task), split="heldout", seed=0)
     return evaluate(model, build_tokenizer(), task, task.samples(cfg.eval_samples), cache="dual",
                     decoding="threshold", threshold=0.9, gen_length=cfg.eval_gen_length,
@@ -332,7 +329,7 @@ dllm-bench runs for real on a CPU; it is not a general language model.
 LLaDA's SFT objective (answer tokens masked with probability t ~ U(0, 1), loss 1/t-weighted and normalised
 by answer length; the prompt is never masked){"; Dream's one-position logit shift" if cfg.arch.name == "dream" else ""}.
 {len(history)} steps of batch {cfg.batch_size}, AdamW, with `torch.set_num_threads({cfg.threads})`:
-{history[-1]['elapsed_s'] / 60:.1f} min wall, {history[-1]['cpu_s'] / 60:.1f} min process CPU time on {_cpu_name()}
+{history[-1]['elapsed_s'] / 60:.1f} min wall, {history[-1]['cpu_s'] / 60:.1f} min process CPU time on {cpu_name()}
 (a 2-core machine shared with other jobs, so the wall time includes waiting); final loss (mean of last {len(tail)} steps)
 {sum(h['loss'] for h in tail) / len(tail):.4f}. Loss curve: `loss.csv`, `loss.png`. Reproduce with
 
@@ -353,16 +350,6 @@ Full table: run `PYTHONPATH=src python scripts/eval_tiny.py {out}`.
 {EVAL_END}
 """
     (out / "README.md").write_text(card)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "an unknown CPU"
 
 
 def _register() -> None:

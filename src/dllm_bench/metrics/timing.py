@@ -7,9 +7,11 @@ process's peak RSS (``resource.getrusage``), which cannot be reset and so covers
 from __future__ import annotations
 
 import math
+import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,3 +65,22 @@ def latency_stats(values: list[float], prefix: str = "latency_s") -> dict[str, f
         return {f"{prefix}_mean": None, f"{prefix}_median": None, f"{prefix}_p90": None}
     return {f"{prefix}_mean": sum(values) / len(values), f"{prefix}_median": percentile(values, 50),
             f"{prefix}_p90": percentile(values, 90)}
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), for stamping measurements with their machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name, or the CPU model with the number of torch threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} torch threads)"
