@@ -10,9 +10,11 @@ from dllm_bench.tasks.arithmetic import ArithmeticTask
 from dllm_bench.train import evaluate
 
 MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
-# floors well under the measured accuracy (README.md of each model), to catch a broken model or
-# engine rather than to re-measure: threshold 0.9 + dual cache, 50 held-out problems
-FLOORS = {"llada-tiny-arith": ("llada", 0.8), "dream-tiny-arith": ("dream", 0.7)}
+# floors under the measured accuracy (README.md of each model: about 27% LLaDA, 24% Dream at
+# threshold 0.9 + dual cache) and above the 10% that guessing the final digit gets, to catch a
+# broken model or engine rather than to re-measure; 50 held-out problems. The models are
+# undertrained (issue 5's targets are not met yet): raise these when better checkpoints ship.
+FLOORS = {"llada-tiny-arith": ("llada", 0.15), "dream-tiny-arith": ("dream", 0.15)}
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))
