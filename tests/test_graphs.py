@@ -38,3 +38,15 @@ def test_graphs_refuse_sampling(model):
     with pytest.raises(ValueError, match="graphs=True"):
         generate(model, torch.tensor([[1, 2, 3]]), gen_length=8, block_length=4, steps=8,
                  temperature=0.5, graphs=True)
+
+
+def test_static_buffers_shared_across_decodings(model):
+    """Graphs kept on the model from one decoding (e.g. Dream's entropy confidence) must not be
+    replayed for another on the same shapes."""
+    prompt = torch.tensor([[5, 9, 2, 7, 1]])
+    kw = dict(gen_length=8, block_length=4, steps=8, cache="dual")
+    runs = [dict(decoding="fixed"), dict(decoding="threshold", threshold=0.7), dict(decoding="fixed")]
+    eager = [generate(model, prompt, **kw, **r).tokens for r in runs]
+    static = [generate(model, prompt, graphs=True, **kw, **r).tokens for r in runs]
+    clear_static_buffers(model)
+    assert all(torch.equal(a, b) for a, b in zip(eager, static))

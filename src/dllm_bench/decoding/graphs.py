@@ -8,8 +8,9 @@ on the block — so each distinct step (the refresh, and the prefix or dual step
 be captured once and replayed with a single launch.
 
 ``StaticBuffers`` holds those tensors for one shape and is kept on the model, so graphs captured in
-one ``generate`` call are replayed by the next. On a CPU there is nothing to capture: ``run`` calls
-the step directly, which keeps this code path (static buffers, in-place updates) tested on CPU.
+one ``generate`` call are replayed by the next. On a CPU there is nothing to capture: ``run`` keeps the
+first step function of each key and calls it again, which is what a replay does — so this code
+path (static buffers, in-place updates, the keys) is tested on CPU.
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ class StaticBuffers:
         ``fn`` must read only these buffers (and the model's weights) and write only the KV cache and
         its own outputs; its outputs are static tensors, valid until the next ``run``.
         """
-        if not self.capture:
-            return fn()
+        if not self.capture:  # replay semantics without a GPU: the first ``fn`` of a key is what runs
+            return self.graphs.setdefault(key, fn)()
         entry = self.graphs.get(key)
         if entry is None:
             side = torch.cuda.Stream()

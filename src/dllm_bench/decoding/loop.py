@@ -9,6 +9,7 @@ decide independently; a row whose block is done simply has no candidates, so eac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch
@@ -99,7 +100,7 @@ def block_loop(model, x: torch.Tensor, *, prompt_len: int, block_length: int, ca
             if static is None:
                 x0, conf = forward(*window, s, e)
             else:
-                x0, conf = static.run((window, s, e), lambda: forward(*window, s, e))
+                x0, conf = static.run((window, s, e, rule.score), partial(forward, *window, s, e))
             nfe += 1
             nfe_row += active.long() if step > 0 else 1
             conf = conf.masked_fill(~cand, -torch.inf)
@@ -125,7 +126,7 @@ def block_loop(model, x: torch.Tensor, *, prompt_len: int, block_length: int, ca
                 x[:, e:] = cfg.eos_token_id
                 skipped = n_blocks - 1 - b
                 break
-    if static is not None:
-        x = x_out.copy_(x)
-    return LoopOutput(x=x, nfe=nfe, nfe_per_row=nfe_row.tolist(), refreshes=refreshes,
+    # (x itself is not rebound: the step functions kept for replay read it)
+    result = x_out.copy_(x) if static is not None else x
+    return LoopOutput(x=result, nfe=nfe, nfe_per_row=nfe_row.tolist(), refreshes=refreshes,
                       skipped_blocks=skipped, trace=records)
