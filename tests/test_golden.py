@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dllm_bench import generate, load_model
+from dllm_bench.gpu_check import case_kwargs
 from fixture_paths import DREAM_TINY, LLADA_TINY
 
 CHECKPOINTS = {"llada_tiny": LLADA_TINY, "dream_tiny": DREAM_TINY}
@@ -12,23 +13,6 @@ CHECKPOINTS = {"llada_tiny": LLADA_TINY, "dream_tiny": DREAM_TINY}
 
 def _golden(name):
     return json.loads((CHECKPOINTS[name] / "golden.json").read_text())
-
-
-def _kwargs(case):
-    kw = dict(gen_length=case["gen_length"], block_length=case["block_length"], steps=case["steps"],
-              cache=case["cache"])
-    if "alg" in case:  # Dream
-        if case["alg"] == "confidence_threshold":
-            kw.update(decoding="threshold", threshold=case["threshold"])
-        else:
-            kw.update(decoding="fixed")
-    elif case.get("threshold") is not None:
-        kw.update(decoding="threshold", threshold=case["threshold"])
-    elif case.get("factor") is not None:
-        kw.update(decoding="factor", factor=case["factor"])
-    else:
-        kw.update(decoding="fixed")
-    return kw
 
 
 @pytest.fixture(scope="module", params=list(CHECKPOINTS))
@@ -58,7 +42,7 @@ _MODELS = {}
 def test_golden_case(name, case):
     if name not in _MODELS:
         _MODELS[name] = load_model(CHECKPOINTS[name], dtype=torch.float32)
-    result = generate(_MODELS[name], torch.tensor([case["prompt_ids"]]), **_kwargs(case))
+    result = generate(_MODELS[name], torch.tensor([case["prompt_ids"]]), **case_kwargs(case))
     assert result.tokens[0].tolist() == case["expected_tokens"]
     if "expected_nfe" in case:
         assert result.nfe == case["expected_nfe"]

@@ -27,6 +27,19 @@ from .models import build_model, load_model
 from .models.loading import family_of
 
 
+def case_kwargs(case: dict) -> dict:
+    """``generate`` keyword arguments for one case of a fixture's golden.json (LLaDA or Dream)."""
+    kw = dict(gen_length=case["gen_length"], block_length=case["block_length"], steps=case["steps"],
+              cache=case["cache"])
+    if case.get("alg", "confidence_threshold" if case.get("threshold") is not None else None) == "confidence_threshold":
+        kw.update(decoding="threshold", threshold=case["threshold"])
+    elif case.get("factor") is not None:
+        kw.update(decoding="factor", factor=case["factor"])
+    else:
+        kw.update(decoding="fixed")
+    return kw
+
+
 def golden_cases(fixtures: Path, device, graphs: bool) -> dict:
     out = {}
     for folder in sorted(p for p in fixtures.iterdir() if (p / "golden.json").exists()):
@@ -34,15 +47,7 @@ def golden_cases(fixtures: Path, device, graphs: bool) -> dict:
         model = load_model(folder, device=device, dtype=torch.float32)
         ok = 0
         for case in golden["cases"]:
-            kw = dict(gen_length=case["gen_length"], block_length=case["block_length"],
-                      steps=case["steps"], cache=case["cache"], graphs=graphs)
-            if case.get("alg", "confidence_threshold" if case.get("threshold") else None) == "confidence_threshold":
-                kw.update(decoding="threshold", threshold=case["threshold"])
-            elif case.get("factor") is not None:
-                kw.update(decoding="factor", factor=case["factor"])
-            else:
-                kw.update(decoding="fixed")
-            res = generate(model, torch.tensor([case["prompt_ids"]]), **kw)
+            res = generate(model, torch.tensor([case["prompt_ids"]]), graphs=graphs, **case_kwargs(case))
             ok += res.tokens[0].tolist() == case["expected_tokens"] and res.nfe == case.get("expected_nfe", res.nfe)
         out[folder.name] = {"match": ok, "cases": len(golden["cases"])}
     return out
