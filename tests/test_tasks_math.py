@@ -1,12 +1,15 @@
 """MATH (lm-eval minerva_math, 4-shot) from local files: the seven subject tasks, round-robin
-samples, the harness's Minerva few-shot prompt and answer equivalence; or, where lm-eval's math
-extras cannot be imported, a one-line error naming them."""
+samples, the harness's Minerva few-shot prompt and answer equivalence -- in this (Hydra, antlr4 4.9)
+environment through the worker of ``dllm_bench.tasks.isolated``; without its antlr4 4.11 side folder,
+a one-line error naming the install command."""
 import functools
 import json
+from importlib.metadata import version
 
 import pytest
 
 from dllm_bench.tasks import get_task
+from dllm_bench.tasks.isolated import _has_antlr_411, deps_dir
 
 SUBJECTS = ("algebra", "counting_and_prob", "geometry", "intermediate_algebra", "num_theory", "prealgebra", "precalc")
 FOLDERS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory", "prealgebra",
@@ -15,11 +18,8 @@ FOLDERS = ("algebra", "counting_and_probability", "geometry", "intermediate_alge
 
 @functools.lru_cache(maxsize=1)
 def _math_extras_ok() -> bool:
-    try:
-        import lm_eval.tasks.minerva_math.utils  # noqa: F401  (asserts antlr4 4.11, math_verify)
-        return True
-    except (ImportError, AssertionError):
-        return False
+    """antlr4 4.11 here, or in the side folder (``.ci/run`` installs it there)."""
+    return version("antlr4-python3-runtime").startswith("4.11") or _has_antlr_411(deps_dir())
 
 
 @pytest.fixture()
@@ -32,8 +32,10 @@ def math_dir(tmp_path):
     return tmp_path
 
 
-@pytest.mark.skipif(not _math_extras_ok(), reason="lm-eval[math] extras not importable here")
+@pytest.mark.skipif(not _math_extras_ok(), reason="no antlr4 4.11: run python -m dllm_bench.tasks.isolated install")
 def test_minerva_math_prompts_and_scoring(math_dir):
+    import omegaconf  # noqa: F401  (the sweep's antlr4 4.9 is loaded in this process)
+
     task = get_task("minerva_math", data_dir=math_dir)
     assert task.num_fewshot == 4 and task.stop_sequences == ["Problem:"]
     samples = task.samples(9)  # round-robin: one per subject, then the second algebra/counting doc
@@ -45,10 +47,27 @@ def test_minerva_math_prompts_and_scoring(math_dir):
     right = task.score(samples[1], " It is 1.\nFinal Answer: The final answer is $1$. I hope it is correct.")
     wrong = task.score(samples[1], " It is 2.\nFinal Answer: The final answer is $2$. I hope it is correct.")
     assert right.correct and not wrong.correct
+    assert right.extra["math_verify,none"] == 1 and wrong.extra["math_verify,none"] == 0
+    # equivalent forms through sympy (is_equiv), in a batch as the job scores them
+    got = task.score_batch(samples[2:4], [" $\\frac{4}{2}$.\nFinal Answer: The final answer is $\\frac{4}{2}$. I hope it is correct.",
+                                          " Final Answer: The final answer is $2.0$. I hope it is correct."])
+    assert [g.correct for g in got] == [True, False]  # doc 2 is 2 + 0 = 2; doc 3 is 3 + 0 = 3
 
 
-@pytest.mark.skipif(_math_extras_ok(), reason="lm-eval[math] extras are importable here")
-def test_minerva_math_without_extras_says_what_to_install(math_dir):
+@pytest.mark.skipif(not _math_extras_ok(), reason="no antlr4 4.11: run python -m dllm_bench.tasks.isolated install")
+def test_minerva_math_bad_input_raised_from_the_worker(math_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"num_fewshot=9 exceeds the 4 few-shot examples"):
+        get_task("minerva_math", data_dir=math_dir, num_fewshot=9)
+    with pytest.raises(ValueError, match=r"unknown argument 'shots' for task 'minerva_math'"):
+        get_task("minerva_math", data_dir=math_dir, shots=4)
+    with pytest.raises(FileNotFoundError, match="data_dir not found"):
+        get_task("minerva_math", data_dir=tmp_path / "nowhere")
+
+
+@pytest.mark.skipif(version("antlr4-python3-runtime").startswith("4.11"), reason="antlr4 4.11 in this environment")
+def test_minerva_math_without_antlr_411_says_how_to_install(math_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLLM_BENCH_MATH_DEPS", str(tmp_path / "empty"))
     with pytest.raises(ImportError) as e:
         get_task("minerva_math", data_dir=math_dir)
-    assert "\n" not in str(e.value) and "lm-eval[math]" in str(e.value)
+    msg = str(e.value)
+    assert "\n" not in msg and "python -m dllm_bench.tasks.isolated install" in msg and str(tmp_path / "empty") in msg

@@ -5,7 +5,8 @@ lm-eval nor a task module that is not asked for. Names:
 
   arith         the synthetic task of the tiny models (``dllm_bench.tasks.arithmetic``)
   gsm8k         lm-eval ``gsm8k`` (5-shot); data_dir holds train.jsonl + test.jsonl
-  minerva_math  lm-eval ``minerva_math`` group (4-shot); data_dir holds <subject>/test.jsonl
+  minerva_math  lm-eval ``minerva_math`` group (4-shot); data_dir holds <subject>/test.jsonl; runs in a
+                worker process with antlr4 4.11 beside Hydra's 4.9 (``dllm_bench.tasks.isolated``)
   humaneval     lm-eval ``humaneval`` (0-shot, runs code); data_dir holds HumanEval.jsonl.gz
   mbpp          lm-eval ``mbpp`` (3-shot, runs code); data_dir holds test.jsonl
 """
@@ -47,7 +48,8 @@ def _lazy(target: str, **bound) -> Callable[..., Task]:
 TASKS: dict[str, Callable[..., Task]] = {
     "arith": _lazy("dllm_bench.tasks.arithmetic:ArithmeticTask"),
     **{name: _lazy("dllm_bench.tasks.harness_tasks:HarnessTask", name=name)
-       for name in ("gsm8k", "humaneval", "mbpp", "minerva_math")},
+       for name in ("gsm8k", "humaneval", "mbpp")},
+    "minerva_math": _lazy("dllm_bench.tasks.isolated:math_task"),  # own antlr4 4.11: see tasks.isolated
 }
 TASKS = dict(sorted(TASKS.items()))
 
