@@ -71,3 +71,24 @@ def test_minerva_math_without_antlr_411_says_how_to_install(math_dir, tmp_path, 
         get_task("minerva_math", data_dir=math_dir)
     msg = str(e.value)
     assert "\n" not in msg and "python -m dllm_bench.tasks.isolated install" in msg and str(tmp_path / "empty") in msg
+
+
+@pytest.mark.skipif(not _math_extras_ok(), reason="no antlr4 4.11: run python -m dllm_bench.tasks.isolated install")
+def test_minerva_math_job_in_the_sweep_process(math_dir, tmp_path):
+    """The sweep's own process (Hydra loaded) runs a MATH job: worker-built prompts, engine, worker scoring."""
+    from conftest import compose
+    from dllm_bench.job import run_job
+    from fixture_paths import FIXTURES, ROOT
+
+    if not FIXTURES.is_dir():
+        pytest.skip("../shared/fixtures missing")
+    cfg = compose(["task=minerva_math", f"task.data_dir={math_dir}", "task.num_fewshot=1", "n_samples=2",
+                   "batch_size=2", "gen_length=8", "block_length=8", "cache=dual", "decoding=threshold"])
+    job = tmp_path / "sweep" / "math"
+    res = run_job(cfg, job, ROOT)
+    assert res["status"] == "ok", res["error"]
+    rows = [json.loads(line) for line in (job / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["minerva_math_algebra/0", "minerva_math_counting_and_prob/0"]
+    assert rows[0]["prompt"].count("Problem:") == 2 and rows[0]["prompt"].endswith("Solution:")
+    assert all(isinstance(r["correct"], bool) for r in rows)
+    assert res["metrics"]["accuracy"] == sum(r["correct"] for r in rows) / 2
