@@ -28,7 +28,8 @@ def test_protocol_and_names():
     assert isinstance(task.stop_sequences, list)
 
 
-@pytest.mark.parametrize("kw", [{}, {"n_steps": 3, "modulus": 100, "ops": "+-"}, {"n_steps": 12, "var_prob": 1.0}])
+@pytest.mark.parametrize("kw", [{}, {"n_steps": 3, "modulus": 100, "ops": "+-"}, {"n_steps": 12, "var_prob": 1.0},
+                                {"max_operand": 3, "var_prob": 0.5}])
 def test_solution_is_the_worked_chain(kw):
     task = ArithmeticTask(**kw)
     for s in task.samples(50):
@@ -38,6 +39,14 @@ def test_solution_is_the_worked_chain(kw):
         assert s.meta["solution"] == want and s.target == steps[-1][1]
         assert len(s.meta["solution"]) <= task.max_answer_chars < task.gen_length
         assert len(re.findall(r"[a-z]=", s.prompt)) == task.n_steps + 1
+
+
+def test_max_operand_bounds_the_constants_only():
+    task = ArithmeticTask(max_operand=3, var_prob=0.0)
+    consts = [int(c) for s in task.samples(200) for c in re.findall(r"[+*-](\d)", s.prompt)]
+    assert set(consts) == {1, 2, 3}
+    values = {int(v) for s in task.samples(200) for v in re.findall(r"=(\d)", s.meta["solution"])}
+    assert values == set(range(10))  # the chain still visits every value
 
 
 def test_default_answers_are_long():
@@ -72,7 +81,8 @@ def test_scoring_uses_the_last_final_answer():
 
 
 @pytest.mark.parametrize("kw", [{"n_steps": 0}, {"n_steps": 26}, {"modulus": 1}, {"ops": "/"}, {"ops": ""},
-                                {"split": "test"}, {"var_prob": 1.5}])
+                                {"split": "test"}, {"var_prob": 1.5}, {"max_operand": 0}, {"max_operand": 10},
+                                {"max_operand": 2.0}])
 def test_invalid_difficulty_is_rejected(kw):
     with pytest.raises(ValueError, match="invalid arith task"):
         ArithmeticTask(**kw)

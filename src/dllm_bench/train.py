@@ -63,6 +63,7 @@ class TaskConfig:
     modulus: int = 10
     ops: str = "+-*"
     var_prob: float = 0.3
+    max_operand: int | None = None
 
     def __post_init__(self):
         ArithmeticTask(**asdict(self))  # raises ValueError listing what is wrong
@@ -307,6 +308,8 @@ def write_card(out: Path, cfg: TrainConfig, cfg_dict: dict, history: list[dict],
     (out / "train_config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     task = ArithmeticTask(**asdict(cfg.task))
     tail = history[-min(50, len(history)):]
+    example = task.samples(1)[0]
+    consts = f"0..{task.modulus - 1}" if task.max_operand is None else f"1..{task.max_operand}"
     quick = ("not run (the engine's generate was unavailable)" if evaluation is None else
              f"{evaluation['accuracy']:.1%} on {evaluation['n_samples']} held-out problems "
              f"(threshold 0.9, dual cache, gen_length {cfg.eval_gen_length}, block_length {cfg.eval_block_length})")
@@ -314,8 +317,9 @@ def write_card(out: Path, cfg: TrainConfig, cfg_dict: dict, history: list[dict],
 
 A tiny {cfg.arch.name.upper()}-architecture masked diffusion LM ({model_config(cfg).n_params() / 1e6:.2f} M
 parameters, character tokenizer) trained from scratch by `dllm_bench.train` on the synthetic `arith` task
-(`dllm_bench.tasks.arithmetic`): chained arithmetic modulo {task.modulus}, {task.n_steps} steps, answered with a
-worked solution, e.g. `a=7;b=a*3;c=b-5;d=c+a;d?` -> `7*3=1;1-5=6;6+7=3;#3`. It exists so that every sweep of
+(`dllm_bench.tasks.arithmetic`): chained arithmetic (`{task.ops}`) modulo {task.modulus}, {task.n_steps} steps, constant
+operands {consts}, an earlier variable as operand with probability {task.var_prob}, answered with a worked
+solution, e.g. `{example.prompt}` -> `{example.meta['solution']}`. It exists so that every sweep of
 dllm-bench runs for real on a CPU; it is not a general language model.
 
 - Prompt: the problem text as is (no chat template, no BOS). Answer: the solution, then EOS padding.

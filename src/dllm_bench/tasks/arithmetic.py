@@ -44,8 +44,10 @@ def split_of(prompt: str) -> str:
     return "heldout" if h % 10 == 0 else "train"
 
 
-def make_problem(rng: random.Random, n_steps: int, modulus: int, ops: str, var_prob: float) -> Problem:
-    """One random problem: ``n_steps`` chained operations after ``a=<number>``."""
+def make_problem(rng: random.Random, n_steps: int, modulus: int, ops: str, var_prob: float,
+                 max_operand: int | None = None) -> Problem:
+    """One random problem: ``n_steps`` chained operations after ``a=<number>``; constant operands
+    are drawn from 0..modulus-1, or from 1..max_operand when that is given."""
     names = string.ascii_lowercase[: n_steps + 1]
     values = [rng.randrange(modulus)]
     prompt, solution = [f"a={values[0]}"], []
@@ -55,7 +57,7 @@ def make_problem(rng: random.Random, n_steps: int, modulus: int, ops: str, var_p
             j = rng.randrange(i - 1)
             operand, rhs = values[j], names[j]
         else:
-            operand = rng.randrange(modulus)
+            operand = rng.randrange(modulus) if max_operand is None else rng.randint(1, max_operand)
             rhs = str(operand)
         prev = values[-1]
         v = (prev + operand if op == "+" else prev - operand if op == "-" else prev * operand) % modulus
@@ -72,6 +74,9 @@ class ArithmeticTask:
     modulus: all values are taken modulo this (2..1000); 10 keeps every number one character.
     ops: the operators to draw from (a non-empty subset of ``+-*``).
     var_prob: probability that an operand (from the third variable on) is an earlier variable.
+    max_operand: constant operands from 1..max_operand (None: 0..modulus-1). Small ranges make the
+        steps learnable fast (the result then correlates with each input on its own, where
+        ``(a + b) % m`` with ``b`` uniform does not); the chain through the values stays.
     split: ``heldout`` (evaluation) or ``train``.
     seed: base seed; ``samples(n, seed)`` draws from the stream of ``(self.seed, seed)``.
     n_eval: how many samples ``samples(None)`` returns (the stream itself is endless).
@@ -82,7 +87,7 @@ class ArithmeticTask:
     requires_code_execution = False
 
     def __init__(self, n_steps: int = 8, modulus: int = 10, ops: str = OPS, var_prob: float = 0.3,
-                 split: str = "heldout", seed: int = 0, n_eval: int = 500):
+                 max_operand: int | None = None, split: str = "heldout", seed: int = 0, n_eval: int = 500):
         problems = []
         if not isinstance(n_steps, int) or not 1 <= n_steps <= 25:
             problems.append(f"n_steps must be an int in 1..25, got {n_steps!r}")
@@ -92,11 +97,14 @@ class ArithmeticTask:
             problems.append(f"ops must be a non-empty subset of {OPS!r}, got {ops!r}")
         if not 0.0 <= var_prob <= 1.0:
             problems.append(f"var_prob must be in [0, 1], got {var_prob!r}")
+        if max_operand is not None and (type(max_operand) is not int or not 1 <= max_operand < modulus):
+            problems.append(f"max_operand must be None or an int in 1..modulus-1, got {max_operand!r}")
         if split not in SPLITS:
             problems.append(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         if problems:
             raise ValueError("invalid arith task: " + "; ".join(problems))
         self.n_steps, self.modulus, self.ops, self.var_prob = n_steps, modulus, ops, var_prob
+        self.max_operand = max_operand
         self.split, self.seed, self.n_eval = split, seed, n_eval
 
     @property
@@ -114,7 +122,7 @@ class ArithmeticTask:
         """Endless stream of this split's problems, deterministic for ``(self.seed, seed)``."""
         rng = random.Random(f"arith:{self.seed}:{seed}")
         while True:
-            p = make_problem(rng, self.n_steps, self.modulus, self.ops, self.var_prob)
+            p = make_problem(rng, self.n_steps, self.modulus, self.ops, self.var_prob, self.max_operand)
             if split_of(p.prompt) == self.split:
                 yield p
 
