@@ -134,8 +134,8 @@ def test_default_config_is_the_tiny_llada_cell():
         ("llada_tiny_arith", "dual", "threshold", 0.9, "arith", 50, "WandbLogger")
 
 
-@pytest.mark.parametrize("model", ["llada_tiny_arith", "dream_tiny_arith"])
-def test_shipped_tiny_models_solve_arith(tmp_path, model):
+@pytest.mark.parametrize("model,floor", [("llada_tiny_arith", 0.2), ("dream_tiny_arith", 0.85)])
+def test_shipped_tiny_models_solve_arith(tmp_path, model, floor):
     """The whole path (char tokenizer, prompts, decoding, stop at EOS, scoring) on a trained model."""
     folder = ROOT / "assets" / "models" / model.replace("_arith", "-arith").replace("_", "-")
     if not (folder / "config.json").exists():
@@ -143,7 +143,7 @@ def test_shipped_tiny_models_solve_arith(tmp_path, model):
     res = run_job(compose([f"model={model}", "n_samples=50", "gen_length=64", "batch_size=25"]),
                   tmp_path / "s" / "j", ROOT)
     assert res["status"] == "ok"
-    assert res["metrics"]["accuracy"] >= 0.15  # undertrained models: see tests/test_arith_shipped_models.py
+    assert res["metrics"]["accuracy"] >= floor  # threshold 0.9 + dual cache: see tests/test_arith_shipped_models.py
     assert res["metrics"]["tokens_per_forward"] > 1  # threshold decoding accepts several tokens a step
 
 
