@@ -11,7 +11,9 @@ last one. The answer is the worked solution, one line per step with the values s
 Each line starts from the previous line's result, so unmasking many answer tokens in one step can
 break the chain: the failure the confidence threshold of parallel decoding guards against. (With
 one-character numbers a solution line is as long as its prompt line, so line k of the answer sits
-at a fixed distance from line k of the prompt: a tiny model learns the task in minutes.) Problems come
+at a fixed distance from line k of the prompt. With constants from 1..3 (``max_operand=3``) and no
+look-ups (``var_prob=0``), the shipped tiny models' recipe, a 0.7 M-parameter model learns every step
+exactly in under 30 CPU-minutes; with uniform constants, ``(x + v) % 10`` is learned far more slowly.) Problems come
 from a seeded generator; the split of a problem is a hash of its prompt (``heldout`` when the
 hash is 0 mod 10, else ``train``), so the two splits never share a problem.
 """
