@@ -49,7 +49,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "arith": _lazy("dllm_bench.tasks.arithmetic:ArithmeticTask"),
     **{name: _lazy("dllm_bench.tasks.harness_tasks:HarnessTask", name=name)
        for name in ("gsm8k", "humaneval", "mbpp")},
-    "minerva_math": _lazy("dllm_bench.tasks.isolated:math_task"),  # own antlr4 4.11: see tasks.isolated
+    "minerva_math": _lazy("dllm_bench.tasks.isolated:math_task", name="minerva_math"),  # own antlr4 4.11: see tasks.isolated
 }
 TASKS = dict(sorted(TASKS.items()))
 

@@ -22,6 +22,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .harness_tasks import HARNESS_FEWSHOT_SEED, HarnessTask
+
 ANTLR_PIN = "antlr4-python3-runtime==4.11.0"
 
 
@@ -42,26 +44,24 @@ def install(folder: Path | None = None) -> Path:
     return folder
 
 
-def math_task(**kwargs):
-    """``minerva_math``: in this process when its antlr4 is 4.11, else in an :class:`IsolatedTask`."""
-    from .harness_tasks import HarnessTask
-
-    params = [p for p in inspect.signature(HarnessTask).parameters if p != "name"]
-    for key in kwargs:
-        if key not in params:
-            raise ValueError(f"unknown argument {key!r} for task 'minerva_math'; valid: {', '.join(params)}")
+def math_task(name: str = "minerva_math", **kwargs):
+    """``minerva_math``: in this process when its antlr4 is 4.11, else in an :class:`IsolatedTask`.
+    Takes HarnessTask's arguments (its signature is HarnessTask's, so the registry checks them)."""
     try:
         here = version("antlr4-python3-runtime")
     except PackageNotFoundError:
         here = None
     if here is not None and here.startswith("4.11"):
-        return HarnessTask("minerva_math", **kwargs)
+        return HarnessTask(name, **kwargs)
     folder = deps_dir()
     if not _has_antlr_411(folder):
-        raise ImportError(f"minerva_math needs {ANTLR_PIN} (lm-eval[math]; this environment has antlr4 {here}, "
+        raise ImportError(f"{name} needs {ANTLR_PIN} (lm-eval[math]; this environment has antlr4 {here}, "
                           f"which hydra-core 1.3 pins): run `python -m dllm_bench.tasks.isolated install` "
                           f"to put it in {folder} (or set DLLM_BENCH_MATH_DEPS)")
-    return IsolatedTask("minerva_math", folder, **kwargs)
+    return IsolatedTask(name, folder, **kwargs)
+
+
+math_task.__signature__ = inspect.signature(HarnessTask)  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------ the pipe
@@ -110,7 +110,7 @@ class IsolatedTask:
             raise value
         return value
 
-    def samples(self, n=None, seed: int = 1234):
+    def samples(self, n=None, seed: int = HARNESS_FEWSHOT_SEED):
         return self._call("samples", n, seed)
 
     def score(self, sample, output: str):
@@ -134,8 +134,6 @@ class IsolatedTask:
 
 def serve() -> None:
     """Worker loop: the first message builds the task, later ones call its methods."""
-    from .harness_tasks import HarnessTask
-
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything printed by libraries must not corrupt the pipe
     task = None
