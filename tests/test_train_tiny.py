@@ -12,7 +12,8 @@ from dllm_bench import generate, load_model, load_tokenizer
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf" / "train")
 MICRO = ["arch.d_model=32", "arch.n_layers=2", "arch.mlp_hidden=64", "batch_size=16", "lr=1e-2",
-         "warmup_steps=5", "eval_samples=0", "gen_lengths=[16]", "task.n_steps=2", "log_every=5"]
+         "warmup_steps=5", "eval_samples=0", "gen_lengths=[16]", "task.n_steps=2", "train_n_steps=[1,2]",
+         "log_every=5"]
 
 
 def compose_cfg(*overrides):
@@ -82,7 +83,17 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     (["foo=1"], "foo"), (["arch.dmodel=64"], "dmodel"), (["arch=lada"], "lada"),
     (["task.n_steps=40"], "n_steps"), (["task.ops=/"], "ops"), (["task.modulus=x"], "modulus"),
     (["gen_lengths=[16]"], "gen_lengths"), (["arch.n_heads=5"], "n_heads"),
+    (["train_n_steps=[6,9]"], "train_n_steps"), (["train_n_steps=[]"], "train_n_steps"),
 ])
 def test_schema_rejects_bad_options(tmp_path, override, match):
     with pytest.raises(Exception, match=match):
         compose_cfg(f"out={tmp_path}", *override)
+
+
+def test_batches_cycle_problem_lengths(tmp_path):
+    cfg, _ = compose_cfg(f"out={tmp_path}", "train_n_steps=[2,4]", "batch_size=4")
+    tok = T.build_tokenizer()
+    semis = [[row.count(";") for row in tok.batch_decode(T.make_batch(cfg, tok, step)["ids"])] for step in range(4)]
+    # a k-step problem: k definitions + the question in the prompt, k solution lines in the answer
+    assert {*semis[0], *semis[2]} != {*semis[1], *semis[3]}
+    assert len(set(semis[0])) == 1 and len(set(semis[1])) == 1 and semis[0] == semis[2]

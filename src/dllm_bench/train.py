@@ -85,6 +85,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     gen_lengths: list = field(default_factory=lambda: [56, 64])
+    train_n_steps: list = field(default_factory=lambda: [6, 7, 8])
     save_every: int = 250
     log_every: int = 10
     eval_samples: int = 200
@@ -97,6 +98,10 @@ class TrainConfig:
             raise ValueError(f"gen_lengths {list(self.gen_lengths)} must be >= {need} (longest answer + EOS)")
         if self.steps < 1 or self.batch_size < 1 or self.threads < 1:
             raise ValueError("steps, batch_size and threads must be >= 1")
+        n_max = (self.task["n_steps"] if isinstance(self.task, dict) else self.task.n_steps)
+        bad = [n for n in self.train_n_steps if not (isinstance(n, int) and 1 <= n <= n_max)]
+        if not self.train_n_steps or bad:
+            raise ValueError(f"train_n_steps {list(self.train_n_steps)} must be integers in 1..task.n_steps ({n_max})")
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
@@ -110,7 +115,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 
 def make_batch(cfg: TrainConfig, tok, step: int) -> dict:
     """The training batch of ``step``: left-padded prompt ++ answer ++ EOS padding (a function of seed, step)."""
-    task = ArithmeticTask(**asdict(cfg.task), split="train", seed=cfg.seed)
+    n_steps = cfg.train_n_steps[step % len(cfg.train_n_steps)]
+    task = ArithmeticTask(**{**asdict(cfg.task), "n_steps": n_steps}, split="train", seed=cfg.seed)
     stream = task.problems(seed=step)
     probs = [next(stream) for _ in range(cfg.batch_size)]
     gen_length = cfg.gen_lengths[step % len(cfg.gen_lengths)]
@@ -332,6 +338,7 @@ dllm-bench runs for real on a CPU; it is not a general language model.
 
 LLaDA's SFT objective (answer tokens masked with probability t ~ U(0, 1), loss 1/t-weighted and normalised
 by answer length; the prompt is never masked){"; Dream's one-position logit shift" if cfg.arch.name == "dream" else ""}.
+Training problems have {', '.join(map(str, cfg.train_n_steps))} steps (one length per batch, cycled), evaluation ones {task.n_steps}.
 {len(history)} steps of batch {cfg.batch_size}, AdamW, with `torch.set_num_threads({cfg.threads})`:
 {history[-1]['elapsed_s'] / 60:.1f} min wall, {history[-1]['cpu_s'] / 60:.1f} min process CPU time on {cpu_name()}
 (a 2-core machine shared with other jobs, so the wall time includes waiting); final loss (mean of last {len(tail)} steps)
