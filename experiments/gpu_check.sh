@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 out_dir=${1:-${OUT:-experiments/results}}
 mkdir -p "$out_dir"
 fixtures=${FIXTURES:-../shared/fixtures}
-card=$(python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
+card=$(${PYTHON:-python3} -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
 args=()
 [ -d "$fixtures" ] && args+=(--fixtures "$fixtures")
-PYTHONPATH=src PYTHONUNBUFFERED=1 timeout 470 python -m dllm_bench.gpu_check "${args[@]}" \
-    --out "$out_dir/gpu_check_${card}.json" --budget-s 400 | tee "$out_dir/gpu_check_${card}.txt"
+PYTHONPATH=src PYTHONUNBUFFERED=1 timeout "${TIMEOUT_S:-470}" ${PYTHON:-python3} -m dllm_bench.gpu_check "${args[@]}" \
+    --out "$out_dir/gpu_check_${card}.json" --budget-s "${BUDGET_S:-400}" | tee "$out_dir/gpu_check_${card}.txt"

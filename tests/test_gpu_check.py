@@ -10,7 +10,7 @@ from dllm_bench import gpu_check
 def test_gpu_check_runs_on_cpu_with_a_tiny_shape(tmp_path):
     out = tmp_path / "check.json"
     gpu_check.main(["--device", "cpu", "--preset", "llada-tiny", "--batches", "1,2", "--prompt-length", "16",
-                    "--gen-length", "16", "--block-length", "8", "--repeats", "2", "--out", str(out)])
+                    "--gen-length", "16", "--block-length", "8", "--repeats", "2", "--profile", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["bf16_graphs_equal_eager"] == {"none": True, "prefix": True, "dual": True}
     assert [t["batch_size"] for t in report["timings"]] == [1, 1, 2, 2]
@@ -18,6 +18,9 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_shape(tmp_path):
         assert [r["cache"] for r in t["results"]] == ["none", "prefix", "dual"]
         assert all(r["step_ms"] > 0 for r in t["results"])
     assert "tokens_per_s" in report["timings"][0]["results"][0]
+    assert [p["cache"] for p in report["kernel_profile"]] == ["dual", "prefix"], report["notes"]
+    for p in report["kernel_profile"]:
+        assert p["kernels_per_step"] > 0 and 0 < p["top"][0]["ms_per_step"] <= p["kernel_ms_per_step"]
 
 
 def test_cuda_request_without_gpu_is_a_clear_error():

@@ -24,6 +24,7 @@ import torch
 from . import bench
 from .decoding import generate
 from .models import build_model, load_model
+from .metrics.timing import synchronize
 from .models.loading import family_of
 
 
@@ -60,6 +61,42 @@ def matmul_tflops(device, dtype=torch.bfloat16, n=8192) -> float:
     return 2 * n ** 3 / (ms / 1e3) / 1e12
 
 
+def kernel_profile(model, device, batch: int, prompt_length: int, gen_length: int, block_length: int,
+                   cache: str = "dual", calls: int = 3) -> dict:
+    """Where one eager step's GPU time goes: kernels per step, summed kernel time, the top kernels.
+
+    Kernel time far below the step's wall time means launch/Python overhead (what graphs remove);
+    kernel time near it means the GPU itself is the limit (fusion or fewer kernels would help).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    cfg = model.config
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (batch, prompt_length), generator=gen)
+    x = torch.cat([prompt, torch.full((batch, gen_length), cfg.mask_token_id)], 1).to(device)
+    s = prompt_length + gen_length // 2
+    fn, buffers = bench.step_fn(model, cache, x, s, s + block_length, graphs=False)
+    fn(), fn()
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+
+    def self_us(e) -> float:  # (CPU: operators stand in for kernels)
+        if not cuda:
+            return e.self_cpu_time_total
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+    kernels = sorted(((e.key, self_us(e) / calls / 1e3, e.count / calls) for e in prof.key_averages()
+                      if self_us(e) > 0), key=lambda k: -k[1])
+    del fn, buffers
+    return {"cache": cache, "batch_size": batch, "kernels_per_step": round(sum(k[2] for k in kernels), 1),
+            "kernel_ms_per_step": round(sum(k[1] for k in kernels), 3),
+            "top": [{"kernel": k[0][:90], "ms_per_step": round(k[1], 3), "per_step": k[2]} for k in kernels[:10]]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dllm_bench.gpu_check")
     p.add_argument("--fixtures", default=None, help="folder of fixture checkpoints with golden.json")
@@ -72,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--budget-s", type=float, default=420.0, help="skip remaining timings past this")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--profile", action="store_true", help="kernel profile on CPU too (always on CUDA)")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     device = torch.device(args.device)
@@ -79,6 +117,10 @@ def main(argv=None) -> int:
         raise SystemExit("error: --device cuda requested but no CUDA GPU is available on this machine")
     report: dict = {"device_name": bench.device_name(device), "torch": torch.__version__,
                     "preset": args.preset, "notes": []}
+    if device.type == "cuda":
+        b = torch.backends.cuda
+        report["sdpa_backends_enabled"] = {"flash": b.flash_sdp_enabled(), "mem_efficient": b.mem_efficient_sdp_enabled(),
+                                           "cudnn": b.cudnn_sdp_enabled(), "math": b.math_sdp_enabled()}
 
     def elapsed():
         return time.perf_counter() - t_start
@@ -106,6 +148,13 @@ def main(argv=None) -> int:
         agree[cache] = bool(torch.equal(a, b))
     report["bf16_graphs_equal_eager"] = agree
     save()
+    if device.type == "cuda" or args.profile:
+        try:
+            report["kernel_profile"] = [kernel_profile(model, device, 1, args.prompt_length, args.gen_length,
+                                                       args.block_length, cache) for cache in ("dual", "prefix")]
+        except Exception as err:  # pragma: no cover - GPU only; the timings matter more
+            report["notes"].append(f"kernel profile failed: {type(err).__name__}: {err}")
+        save()
 
     timings = []
     for batch in [int(b) for b in args.batches.split(",")]:
