@@ -24,6 +24,7 @@ from .decoding.graphs import StaticBuffers, clear_static_buffers
 from .metrics.timing import device_name, peak_memory_bytes, reset_peak, synchronize
 from .models import build_model, load_model
 from .models.loading import resolve_dtype
+from .models.ops import use_fused
 
 # Architecture shapes of the real checkpoints, for timing where the weights are not present.
 PRESETS = {
@@ -102,6 +103,8 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--factor", type=float, default=None)
     p.add_argument("--graphs", default="off", choices=["on", "off"], help="CUDA-graph the static steps")
+    p.add_argument("--fused", default="off", choices=["on", "off"],
+                   help="torch.compile-fused RMSNorm / RoPE / SwiGLU (see models/ops.py)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -174,6 +177,7 @@ def measure(model, args, device) -> dict:
     if P + G > cfg.max_length:
         raise SystemExit(f"error: prompt {P} + gen {G} exceeds the model's maximum length {cfg.max_length}")
     graphs = args.graphs == "on"
+    use_fused(model, getattr(args, "fused", "off") == "on")
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (B, P), generator=gen).to(device)
     x = torch.cat([prompt, torch.full((B, G), cfg.mask_token_id, device=device)], 1)
@@ -182,6 +186,7 @@ def measure(model, args, device) -> dict:
         s, e = P, P + bl
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rows = []
+    full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)  # eager
     for name in args.caches.split(","):
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -190,7 +195,6 @@ def measure(model, args, device) -> dict:
         step_ms = median_ms(fn, device, args.warmup, args.repeats)
         kv_bytes = buffers.kv.nbytes if buffers.kv is not None else 0
         del fn, buffers
-        full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)
         kw = dict(gen_length=G, block_length=bl, steps=G, cache=name, decoding=args.decoding, graphs=graphs)
         if args.decoding == "threshold":
             kw["threshold"] = args.threshold
@@ -213,10 +217,11 @@ def measure(model, args, device) -> dict:
     out = {"bench": "dllm_bench.bench", "arch": cfg.arch, "params": cfg.n_params(),
            "weights_bytes": weights_bytes, "device": str(device), "device_name": device_name(device),
            "dtype": args.dtype, "batch_size": B, "prompt_length": P, "gen_length": G, "block_length": bl,
-           "decoding": args.decoding, "graphs": args.graphs, "torch": torch.__version__, "results": rows}
+           "decoding": args.decoding, "graphs": args.graphs,
+           "fused": getattr(args, "fused", "off"), "torch": torch.__version__, "results": rows}
     if device.type == "cuda":
         bw = copy_bandwidth(device)
-        floor_ms = weights_bytes / (bw / 2) * 1e3  # the weights must be read once per step
+        floor_ms = weights_bytes / bw * 1e3  # the weights must be read once per step (bw counts read + write)
         out["copy_bandwidth_gb_s"] = round(bw / 1e9, 1)
         out["bandwidth_floor_ms"] = round(floor_ms, 3)
         for r in rows:
@@ -238,7 +243,8 @@ def print_table(out: dict) -> None:
             "tokens_per_s", "kv_cache_bytes", "peak_memory_bytes"]
     if "bandwidth_floor_ms" in out:
         cols.append("ratio_to_floor")
-    print(f"# {out['model']} on {out['device_name']} ({out['dtype']}), batch {out['batch_size']}, "
+    print(f"# {out['model']} on {out['device_name']} ({out['dtype']}, graphs {out['graphs']}, "
+          f"fused {out.get('fused', 'off')}), batch {out['batch_size']}, "
           f"prompt {out['prompt_length']}, gen {out['gen_length']}, block {out['block_length']}")
     print(" | ".join(cols))
     for r in out["results"]:

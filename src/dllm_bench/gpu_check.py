@@ -3,12 +3,15 @@
     python -m dllm_bench.gpu_check --fixtures ../shared/fixtures --out gpu_check.json
 
 Needs only torch (no Hydra, W&B or weights): the timed model is a random LLaDA-8B-shaped model in
-bfloat16. Steps, in order, each skipped with a note if the time budget runs short:
-1. the golden cases of every fixture (float32) on the device, eager and with graphs;
-2. graphs vs eager tokens for the 8B shape in bfloat16 (short generation);
-3. per-forward latency of each cache mode, batch 1 / 8 / 32, graphs off / on;
-4. end-to-end tokens/s at batch 1 (threshold decoding: random weights accept one token per step);
-5. floors: weights bytes / measured copy bandwidth, and 2 * params * tokens / measured matmul rate.
+bfloat16. Each variant (``--variants``: eager, graphs, fused, graphs+fused; see ``decoding/graphs.py``
+and ``models/ops.py``) goes through, in order (timings skipped with a note past ``--budget-s``; a
+failing piece becomes a note, not a lost run):
+1. the golden cases of every fixture (float32) on the device;
+2. the variant's tokens vs the eager path's for the 8B shape in bfloat16 (short generation);
+3. a kernel profile of one eager / fused dual and prefix step (kernels, kernel time, top kernels);
+4. per-forward latency of each cache mode, batch 1 / 8 / 32;
+5. end-to-end tokens/s at batch 1 (threshold decoding: random weights accept one token per step);
+6. floors: weights bytes / measured copy bandwidth, and 2 * params * tokens / measured matmul rate.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .decoding import generate
 from .models import build_model, load_model
 from .metrics.timing import synchronize
 from .models.loading import family_of
+from .models.ops import use_fused
 
 
 def case_kwargs(case: dict) -> dict:
@@ -41,11 +45,33 @@ def case_kwargs(case: dict) -> dict:
     return kw
 
 
-def golden_cases(fixtures: Path, device, graphs: bool) -> dict:
+VARIANTS = {"eager": (False, False), "graphs": (True, False), "fused": (False, True), "graphs+fused": (True, True)}
+
+
+def parse_variants(text: str) -> dict:
+    """``"eager,graphs+fused"`` -> {name: (graphs, fused)}; unknown names are an error."""
+    names = [v for v in text.split(",") if v]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise SystemExit(f"error: unknown variant {bad[0] if bad else text!r} in --variants; valid: {', '.join(VARIANTS)}")
+    return {v: VARIANTS[v] for v in names}
+
+
+def guarded(report: dict, what: str, fn) -> None:
+    """Run ``fn``; a failure becomes a note (one failing piece must not cost the run's other numbers)."""
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - recorded, and the check goes on
+        report["notes"].append(f"{what} failed: {type(err).__name__}: {str(err)[:300]}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def golden_cases(fixtures: Path, device, graphs: bool, fused: bool = False) -> dict:
     out = {}
     for folder in sorted(p for p in fixtures.iterdir() if (p / "golden.json").exists()):
         golden = json.loads((folder / "golden.json").read_text())
-        model = load_model(folder, device=device, dtype=torch.float32)
+        model = use_fused(load_model(folder, device=device, dtype=torch.float32), fused)
         ok = 0
         for case in golden["cases"]:
             res = generate(model, torch.tensor([case["prompt_ids"]]), graphs=graphs, **case_kwargs(case))
@@ -109,8 +135,11 @@ def main(argv=None) -> int:
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--budget-s", type=float, default=420.0, help="skip remaining timings past this")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--variants", default="eager,graphs,graphs+fused",
+                   help=f"comma list of {', '.join(VARIANTS)}: each is timed, golden-checked, compared with eager")
     p.add_argument("--profile", action="store_true", help="kernel profile on CPU too (always on CUDA)")
     args = p.parse_args(argv)
+    parse_variants(args.variants)
     t_start = time.perf_counter()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -129,9 +158,11 @@ def main(argv=None) -> int:
         report["wall_s"] = round(elapsed(), 1)
         Path(args.out).write_text(json.dumps(report, indent=1))
 
+    variants = parse_variants(args.variants)
     if args.fixtures:
-        report["golden_eager"] = golden_cases(Path(args.fixtures), device, graphs=False)
-        report["golden_graphs"] = golden_cases(Path(args.fixtures), device, graphs=True)
+        for name, (graphs, fused) in variants.items():
+            guarded(report, f"golden {name}", lambda: report.__setitem__(
+                f"golden_{name}", golden_cases(Path(args.fixtures), device, graphs=graphs, fused=fused)))
         save()
 
     raw = bench.PRESETS[args.preset]
@@ -139,38 +170,48 @@ def main(argv=None) -> int:
     model = build_model(family_of(raw).parse_config(raw), device=device, dtype=dtype, seed=0)
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, min(1000, model.config.mask_token_id), (2, 64), generator=g).to(device)
-    agree = {}
     n = min(64, args.gen_length)
-    for cache in ("none", "prefix", "dual"):
-        kw = dict(gen_length=n, block_length=min(32, n), steps=n, cache=cache, decoding="fixed")
-        a = generate(model, prompt, **kw).tokens
-        b = generate(model, prompt, graphs=True, **kw).tokens
-        agree[cache] = bool(torch.equal(a, b))
-    report["bf16_graphs_equal_eager"] = agree
+    kws = {cache: dict(gen_length=n, block_length=min(32, n), steps=n, cache=cache, decoding="fixed")
+           for cache in ("none", "prefix", "dual")}
+    use_fused(model, False)
+    eager = {cache: generate(model, prompt, **kw).tokens for cache, kw in kws.items()}
+    report["tokens_equal_eager"] = {}
+    for name, (graphs, fused) in variants.items():
+        if name == "eager":
+            continue
+
+        def agree(graphs=graphs, fused=fused, name=name):
+            use_fused(model, fused)
+            report["tokens_equal_eager"][name] = {
+                cache: bool(torch.equal(eager[cache], generate(model, prompt, graphs=graphs, **kw).tokens))
+                for cache, kw in kws.items()}
+        guarded(report, f"agreement {name}", agree)
+    use_fused(model, False)
     save()
     if device.type == "cuda" or args.profile:
-        try:
-            report["kernel_profile"] = [kernel_profile(model, device, 1, args.prompt_length, args.gen_length,
-                                                       args.block_length, cache) for cache in ("dual", "prefix")]
-        except Exception as err:  # pragma: no cover - GPU only; the timings matter more
-            report["notes"].append(f"kernel profile failed: {type(err).__name__}: {err}")
+        profiles = []
+        for fused in sorted({f for _, f in variants.values()}):
+            def prof(fused=fused):
+                use_fused(model, fused)
+                profiles.extend(kernel_profile(model, device, 1, args.prompt_length, args.gen_length,
+                                               args.block_length, cache) | {"fused": fused}
+                                for cache in ("dual", "prefix"))
+            guarded(report, f"kernel profile fused={fused}", prof)
+        report["kernel_profile"] = profiles
         save()
 
     timings = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        for graphs in ("off", "on"):
+        for name, (graphs, fused) in variants.items():
             if elapsed() > args.budget_s:
-                report["notes"].append(f"skipped batch {batch} graphs {graphs}: time budget")
+                report["notes"].append(f"skipped batch {batch} {name}: time budget")
                 continue
             ns = SimpleNamespace(batch_size=batch, prompt_length=args.prompt_length, gen_length=args.gen_length,
                                  block_length=args.block_length, caches="none,prefix,dual", decoding="threshold",
-                                 threshold=0.9, factor=None, graphs=graphs if device.type == "cuda" else "off",
-                                 warmup=min(3, args.repeats), repeats=args.repeats, seed=0, dtype=str(dtype).replace("torch.", ""),
-                                 skip_e2e=batch != 1)
-            try:
-                timings.append(bench.measure(model, ns, device))
-            except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - GPU only
-                report["notes"].append(f"batch {batch} graphs {graphs}: out of memory ({err})")
+                                 threshold=0.9, factor=None, graphs="on" if graphs and device.type == "cuda" else "off",
+                                 fused="on" if fused else "off", warmup=min(3, args.repeats), repeats=args.repeats,
+                                 seed=0, dtype=str(dtype).replace("torch.", ""), skip_e2e=batch != 1)
+            guarded(report, f"batch {batch} {name}", lambda: timings.append(bench.measure(model, ns, device)))
             report["timings"] = timings
             save()
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kv import KVCache
+from .ops import EAGER
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.ops = EAGER
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.ops.rms_norm(x, self.weight, self.eps)
 
 
 class Rotary(nn.Module):
@@ -85,16 +84,6 @@ class Rotary(nn.Module):
         return emb.cos(), emb.sin()
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fp32: bool = True) -> torch.Tensor:
-    """Rotate (B, H, T, D) by the tables, in float32 (``fp32``) or in x's dtype; result in x's dtype."""
-    xf = x.float() if fp32 else x
-    if not fp32:
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -105,13 +94,14 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, cfg.n_kv_heads * h, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(d, cfg.n_kv_heads * h, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * h, d, bias=False)
+        self.ops = EAGER
 
     def forward(self, x, cos, sin, attn_mask, cache: KVCache | None, layer: int, start: int):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin, self.rope_fp32), apply_rotary(k, cos, sin, self.rope_fp32)
+        q, k = self.ops.rotary_qk(q, k, cos, sin, self.rope_fp32)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)  # whole cached length, (B, Hkv, L, D)
         if self.n_kv_heads != self.n_heads:
@@ -127,9 +117,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
         self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+        self.ops = EAGER
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Block(nn.Module):
