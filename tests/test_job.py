@@ -155,3 +155,13 @@ def test_graphs_option_reaches_the_engine_with_the_same_tokens(tmp_path):
     assert static["config_hash"] != eager["config_hash"]
     outputs = [[r["output"] for r in _rows(tmp_path / "s" / d)] for d in ("eager", "graphs")]
     assert outputs[0] == outputs[1]
+
+
+def test_fused_option_reaches_the_engine_with_the_same_tokens(tmp_path):
+    base = ["cache=dual", "decoding=threshold", "threshold=0.7", "n_samples=2"]
+    eager = run_job(compose(base), tmp_path / "s" / "eager", ROOT)
+    fused = run_job(compose([*base, "fused=true"]), tmp_path / "s" / "fused", ROOT)
+    assert fused["status"] == "ok" and fused["config"]["fused"] is True
+    assert fused["config_hash"] != eager["config_hash"]
+    outputs = [[r["output"] for r in _rows(tmp_path / "s" / d)] for d in ("eager", "fused")]
+    assert outputs[0] == outputs[1]

@@ -35,6 +35,14 @@ def test_config_hash_ignores_run_only_keys_only():
     assert len(h) == 64 and int(h, 16) >= 0
 
 
+def test_keys_added_later_keep_old_hashes_at_their_old_value():
+    old = {"cache": {"name": "dual"}, "gen_length": 48, "graphs": False}
+    h = R.config_hash(old, RUN_ONLY_KEYS)
+    for key, value in R.LATER_KEYS.items():
+        assert R.config_hash(dict(old, **{key: value}), RUN_ONLY_KEYS) == h  # folders from before stay done
+        assert R.config_hash(dict(old, **{key: not value}), RUN_ONLY_KEYS) != h
+
+
 def _job(sweep, name, status, chash, acc):
     res = {"status": status, "config_hash": chash, "error": None if status == "ok" else "RuntimeError: x",
            "config": {"cache": {"name": name}, "gen_length": 48, "steps": [1, 2]},

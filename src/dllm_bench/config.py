@@ -73,6 +73,7 @@ class RunConfig:
     dtype: str = "float32"
     stop_at_eos: bool = False
     graphs: bool = False  # static-shape steps, CUDA graphs on a GPU (same tokens as eager)
+    fused: bool = False   # torch.compile-fused RMSNorm / RoPE / SwiGLU (models/ops.py)
     num_threads: Optional[int] = None  # torch threads; null: cpu_count // n_parallel
     n_parallel: int = 1              # jobs running at once on this machine (submitit_local: all)
     force: bool = False              # rerun even when the sweep folder holds an ok result

@@ -30,6 +30,7 @@ from .logging_wandb import NullLogger
 from .metrics.kv_similarity import KVSimilarity
 from .metrics.timing import Stopwatch, latency_stats, peak_memory_bytes, reset_peak
 from .models.loading import resolve_dtype
+from .models.ops import use_fused
 from .results import SCHEMA_VERSION, config_hash, env_stamp, find_done, rebuild_sweep_table, utc_now, write_job
 from .tasks import decode_generated, encode_prompt, score_all
 
@@ -73,7 +74,7 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]
     """Load, generate in batches, score: (metrics, sample rows, kv_similarity or None)."""
     device = torch.device(cfg.device)
     t0 = time.perf_counter()
-    model = load_model(model_path, device=device, dtype=resolve_dtype(cfg.dtype))
+    model = use_fused(load_model(model_path, device=device, dtype=resolve_dtype(cfg.dtype)), cfg.fused)
     tok = instantiate(cfg.model.tokenizer) if cfg.model.tokenizer else load_tokenizer(model_path)
     load_s = time.perf_counter() - t0
     samples = task.samples(cfg.n_samples, seed=cfg.seed)

@@ -47,9 +47,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+# Top-level keys added after sweeps already existed, with the value that reproduces the old behaviour:
+# left out of the hash at that value, so folders written before the key existed stay resumable.
+LATER_KEYS = {"fused": False}
+
+
 def config_hash(config: dict, run_only: Iterable[str] = ()) -> str:
-    """sha256 of the canonical JSON of the resolved config minus the run-only top-level keys."""
-    kept = {k: v for k, v in config.items() if k not in set(run_only)}
+    """sha256 of the canonical JSON of the resolved config minus the run-only top-level keys
+    (and minus later-added keys at their old-behaviour value, see ``LATER_KEYS``)."""
+    kept = {k: v for k, v in config.items()
+            if k not in set(run_only) and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

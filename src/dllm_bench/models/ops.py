@@ -57,10 +57,20 @@ EAGER = Ops("eager", rms_norm, rotary_qk, swiglu)
 
 @lru_cache(maxsize=None)
 def fused() -> Ops:
-    """The same functions through ``torch.compile`` (compiled on first call, shapes dynamic)."""
-    def compile_(fn):
-        return torch.compile(fn, dynamic=True, fullgraph=True)
-    return Ops("fused", compile_(rms_norm), compile_(rotary_qk), compile_(swiglu))
+    """The same functions through ``torch.compile`` (compiled on first call, shapes dynamic).
+
+    Each distinct dtype, eps, batch of 1 vs more and input layout is one more compiled entry (the
+    first GPU run hit dynamo's default limit of 8 with the fixtures plus the 8B shape at batch
+    1/8/32), so the limit is raised; inputs are made contiguous so a sliced view (the final norm
+    of a ``logits_slice``) does not count as a new layout.
+    """
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    norm, rope, act = (torch.compile(fn, dynamic=True) for fn in (rms_norm, rotary_qk, swiglu))
+
+    def rms_norm_fused(x, weight, eps):
+        return norm(x.contiguous(), weight, eps)
+
+    return Ops("fused", rms_norm_fused, rope, act)
 
 
 def use_fused(model: torch.nn.Module, on: bool = True) -> torch.nn.Module:
