@@ -14,6 +14,7 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_shape(tmp_path):
     report = json.loads(out.read_text())
     assert report["notes"] == []
     assert report["tokens_equal_eager"] == {"graphs": {"none": True, "prefix": True, "dual": True}}
+    assert report["batch_invariant_eager"] == {"none": True, "prefix": True, "dual": True}
     assert [t["batch_size"] for t in report["timings"]] == [1, 1, 2, 2]
     for t in report["timings"]:
         assert [r["cache"] for r in t["results"]] == ["none", "prefix", "dual"]

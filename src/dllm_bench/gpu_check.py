@@ -7,7 +7,8 @@ bfloat16. Each variant (``--variants``: eager, graphs, fused, graphs+fused; see 
 and ``models/ops.py``) goes through, in order (timings skipped with a note past ``--budget-s``; a
 failing piece becomes a note, not a lost run):
 1. the golden cases of every fixture (float32) on the device;
-2. the variant's tokens vs the eager path's for the 8B shape in bfloat16 (short generation);
+2. the variant's tokens vs the eager path's for the 8B shape in bfloat16 (short generation), and
+   whether each row of the eager batch of 2 equals its batch-of-1 run;
 3. a kernel profile of one eager / fused dual and prefix step (kernels, kernel time, top kernels);
 4. per-forward latency of each cache mode, batch 1 / 8 / 32;
 5. end-to-end tokens/s at batch 1 (threshold decoding: random weights accept one token per step);
@@ -176,6 +177,9 @@ def main(argv=None) -> int:
            for cache in ("none", "prefix", "dual")}
     use_fused(model, False)
     eager = {cache: generate(model, prompt, **kw).tokens for cache, kw in kws.items()}
+    report["batch_invariant_eager"] = {  # each row of the batch of 2 equals its batch-of-1 run
+        cache: all(torch.equal(eager[cache][i:i + 1], generate(model, prompt[i:i + 1], **kw).tokens)
+                   for i in range(prompt.shape[0])) for cache, kw in kws.items()}
     report["tokens_equal_eager"] = {}
     for name, (graphs, fused) in variants.items():
         if name == "eager":
