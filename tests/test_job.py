@@ -134,7 +134,7 @@ def test_default_config_is_the_tiny_llada_cell():
         ("llada_tiny_arith", "dual", "threshold", 0.9, "arith", 50, "WandbLogger")
 
 
-@pytest.mark.parametrize("model,floor", [("llada_tiny_arith", 0.2), ("dream_tiny_arith", 0.85)])
+@pytest.mark.parametrize("model,floor", [("llada_tiny_arith", 0.85), ("dream_tiny_arith", 0.85)])
 def test_shipped_tiny_models_solve_arith(tmp_path, model, floor):
     """The whole path (char tokenizer, prompts, decoding, stop at EOS, scoring) on a trained model."""
     folder = ROOT / "assets" / "models" / model.replace("_arith", "-arith").replace("_", "-")

@@ -1,0 +1,48 @@
+"""The benchmark CLI: a table and a JSON line on a fixture model; bad input fails in one line, early."""
+import json
+
+import pytest
+import torch
+
+from dllm_bench import bench
+
+from fixture_paths import LLADA_TINY
+
+SMALL = ["--prompt-length", "16", "--gen-length", "16", "--block-length", "8", "--repeats", "2", "--warmup", "1"]
+
+
+@pytest.mark.parametrize("graphs", ["off", "on"])
+def test_bench_prints_a_row_per_cache_mode_and_json_last(capsys, graphs):
+    assert bench.main(["--model", str(LLADA_TINY), "--graphs", graphs, *SMALL]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert out["graphs"] == graphs and out["device"] == "cpu" and out["weights_bytes"] > 0
+    assert [r["cache"] for r in out["results"]] == ["none", "prefix", "dual"]
+    for r in out["results"]:
+        assert r["step_ms"] > 0 and r["full_forward_ms"] > 0 and 1 <= r["nfe"] <= 16
+        assert r["tokens_per_s"] > 0 and r["kv_cache_bytes"] == (0 if r["cache"] == "none" else r["kv_cache_bytes"])
+    assert out["results"][2]["kv_cache_bytes"] > 0
+    assert any(line.startswith("cache | step_ms") for line in lines)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--caches", "none,duel"], "'duel'"),
+    (["--gen-length", "20", "--block-length", "8"], "20"),
+    (["--batch-size", "0"], "batch-size"),
+    (["--dtype", "float13"], "float13"),
+])
+def test_bad_options_are_one_line_errors(argv, match):
+    with pytest.raises((SystemExit, ValueError), match=match):
+        bench.main(["--model", str(LLADA_TINY), *argv])
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        bench.main(["--random-weights", "llada-tiny", "--device", "cuda"])
+
+
+def test_too_large_is_refused_with_the_bytes_before_allocating():
+    with pytest.raises(SystemExit, match=r"needs about [\d.]+ GiB .* only [\d.]+ GiB available"):
+        bench.main(["--random-weights", "llada-8b", "--batch-size", "4096", "--prompt-length", "1024"])
