@@ -170,6 +170,17 @@ def step_fn(model, cache_name: str, x, block_start: int, block_end: int, graphs:
     return (lambda: buffers.run("step", step)), buffers
 
 
+def timing_input(cfg, batch: int, prompt_length: int, gen_length: int, block_length: int, seed: int, device):
+    """(prompt, prompt ++ masks, (block start, end)): random prompt tokens and a block in the middle."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (batch, prompt_length), generator=gen).to(device)
+    x = torch.cat([prompt, torch.full((batch, gen_length), cfg.mask_token_id, device=device)], 1)
+    s = prompt_length + gen_length // 2
+    if s + block_length > prompt_length + gen_length:
+        s = prompt_length
+    return prompt, x, (s, s + block_length)
+
+
 @torch.no_grad()
 def measure(model, args, device) -> dict:
     """Time every cache mode on ``model`` with the shapes in ``args``; the JSON-ready result."""
@@ -178,16 +189,11 @@ def measure(model, args, device) -> dict:
     if P + G > cfg.max_length:
         raise SystemExit(f"error: prompt {P} + gen {G} exceeds the model's maximum length {cfg.max_length}")
     graphs = args.graphs == "on"
-    use_fused(model, getattr(args, "fused", "off") == "on")
-    gen = torch.Generator().manual_seed(args.seed)
-    prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (B, P), generator=gen).to(device)
-    x = torch.cat([prompt, torch.full((B, G), cfg.mask_token_id, device=device)], 1)
-    s, e = P + G // 2, P + G // 2 + bl  # a block in the middle of the generation
-    if e > P + G:
-        s, e = P, P + bl
+    use_fused(model, args.fused == "on")
+    prompt, x, (s, e) = timing_input(cfg, B, P, G, bl, args.seed, device)
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rows = []
-    full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)  # eager
+    full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)  # not captured
     for name in args.caches.split(","):
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -219,7 +225,7 @@ def measure(model, args, device) -> dict:
            "weights_bytes": weights_bytes, "device": str(device), "device_name": device_name(device),
            "dtype": args.dtype, "batch_size": B, "prompt_length": P, "gen_length": G, "block_length": bl,
            "decoding": args.decoding, "graphs": args.graphs,
-           "fused": getattr(args, "fused", "off"), "torch": torch.__version__, "results": rows}
+           "fused": args.fused, "torch": torch.__version__, "results": rows}
     if device.type == "cuda":
         bw = copy_bandwidth(device)
         floor_ms = weights_bytes / bw * 1e3  # the weights must be read once per step (bw counts read + write)

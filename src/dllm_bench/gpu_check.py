@@ -99,12 +99,8 @@ def kernel_profile(model, device, batch: int, prompt_length: int, gen_length: in
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    cfg = model.config
-    gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (batch, prompt_length), generator=gen)
-    x = torch.cat([prompt, torch.full((batch, gen_length), cfg.mask_token_id)], 1).to(device)
-    s = prompt_length + gen_length // 2
-    fn, buffers = bench.step_fn(model, cache, x, s, s + block_length, graphs=False)
+    _, x, (s, e) = bench.timing_input(model.config, batch, prompt_length, gen_length, block_length, 0, device)
+    fn, buffers = bench.step_fn(model, cache, x, s, e, graphs=False)
     fn(), fn()
     synchronize(device)
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:

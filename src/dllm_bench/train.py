@@ -93,12 +93,13 @@ class TrainConfig:
     eval_block_length: int = 16
 
     def __post_init__(self):
-        need = ArithmeticTask(**asdict(self.task) if not isinstance(self.task, dict) else self.task).max_answer_chars + 1
+        task = self.task if isinstance(self.task, dict) else asdict(self.task)
+        need = ArithmeticTask(**task).max_answer_chars + 1
         if not self.gen_lengths or min(self.gen_lengths) < need:
             raise ValueError(f"gen_lengths {list(self.gen_lengths)} must be >= {need} (longest answer + EOS)")
         if self.steps < 1 or self.batch_size < 1 or self.threads < 1:
             raise ValueError("steps, batch_size and threads must be >= 1")
-        n_max = (self.task["n_steps"] if isinstance(self.task, dict) else self.task.n_steps)
+        n_max = task["n_steps"]
         bad = [n for n in self.train_n_steps if not (isinstance(n, int) and 1 <= n <= n_max)]
         if not self.train_n_steps or bad:
             raise ValueError(f"train_n_steps {list(self.train_n_steps)} must be integers in 1..task.n_steps ({n_max})")
