@@ -31,7 +31,7 @@ def main(cfg) -> None:
 
 if __name__ == "__main__":
     try:
-        check_override_keys(sys.argv[1:])
+        check_override_keys(sys.argv[1:], ROOT / "conf")
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     main()

@@ -45,8 +45,8 @@ def test_one_row_per_job_with_config_metrics_and_status(tmp_path):
     assert failed["error"] == _results(sweep)["1"]["error"]
     missing = df[df["status"] == "missing"].iloc[0]  # config read from .hydra/config.yaml
     assert missing["cache.name"] == "dual" and missing["overrides"][-1] == "threshold=0.7"
-    # the config switch metrics.kv_similarity must not pose as a measurement
-    assert "config.metrics.kv_similarity" in df.columns and "metrics.kv_similarity" not in df.columns
+    # the config switch measure.kv_similarity must not pose as a measurement
+    assert "measure.kv_similarity" in df.columns and "metrics.kv_similarity" not in df.columns
     assert df["decoding.threshold"].dtype == float
 
 

@@ -95,10 +95,12 @@ def test_unknown_group_option_lists_valid_ones():
 def test_unknown_key_lists_valid_ones():
     with pytest.raises(ConfigError, match=r"'gen_lenght'.*valid: .*gen_length.*did you mean gen_length"):
         check_override_keys(["-m", "gen_lenght=3"])
-    with pytest.raises(ConfigError, match=r"'treshold' in decoding .*valid: name, threshold"):
-        check_override_keys(["decoding.treshold=0.5"])
+    with pytest.raises(ConfigError, match=r"'treshold' in decoding threshold .*valid: .*threshold.*did you mean threshold"):
+        check_override_keys(["decoding.treshold=0.5"], CONF)
+    with pytest.raises(ConfigError, match=r"'gama' in decoding fixed/threshold .*valid: name, remasking"):
+        check_override_keys(["-m", "decoding=fixed,threshold", "decoding.gama=0.5"], CONF)
     check_override_keys(["-m", "cache=none,dual", "decoding.threshold=0.5", "+experiment=x", "hydra/launcher=y",
-                         "task.n_steps=3", "metrics.kv_similarity=true"])
+                         "task.n_steps=3", "measure.kv_similarity=true"])
     with pytest.raises(HydraException, match="gen_lenght"):  # the schema itself refuses it too
         compose(["gen_lenght=3"])
     with pytest.raises(HydraException, match="threshold"):
@@ -107,13 +109,16 @@ def test_unknown_key_lists_valid_ones():
 
 @pytest.mark.parametrize("overrides,message", [
     (["block_length=20"], "block_length=20 must be > 0 and divide gen_length=32"),
-    (["decoding=threshold", "threshold=1.5"], r"decoding.threshold=1.5 must be in \(0, 1\]"),
-    (["decoding=factor", "factor=0"], "decoding.factor=0.0 must be > 0"),
+    (["decoding=threshold", "threshold=1.5"], r"decoding: threshold must be a finite number in \(0, 1\], got 1.5"),
+    (["decoding=factor", "factor=0"], r"decoding: factor must be a finite number in \(0, inf\), got 0.0"),
+    (["decoding=threshold", "+decoding.gama=1"], "decoding: unknown argument gama=1 for decoding 'threshold'"),
+    (["cache.name=dul"], "cache: cache name 'dul' does not match _target_"),
     (["decoding=fixed", "steps=3"], "steps=3 must be > 0 and a multiple of the number of blocks"),
     (["batch_size=0"], "batch_size=0"),
     (["dtype=float8"], "unknown dtype 'float8'"),
     (["model.family=lada"], "unknown model.family 'lada'.*did you mean llada"),
-    (["graphs=true", "decoding.temperature=0.5"], "graphs=true needs deterministic steps"),
+    (["graphs=true", "decoding.temperature=0.5"], "graphs=true needs deterministic, unguided steps"),
+    (["cfg_scale=-1"], "cfg_scale=-1.0 must be"),
 ])
 def test_invalid_values_fail_with_their_name(overrides, message):
     with pytest.raises(ConfigError, match=message):

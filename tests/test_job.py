@@ -31,8 +31,9 @@ def test_job_metrics_match_samples_and_the_engine(tmp_path):
     assert res["status"] == "ok" and res["error"] is None
     on_disk = json.loads((job / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(res))
-    assert on_disk["config"]["decoding"] == {"name": "threshold", "threshold": 0.7, "factor": None,
-                                             "temperature": 0.0, "remasking": "low_confidence"}
+    assert on_disk["config"]["decoding"] == {"_target_": "dllm_bench.decoding.rules.threshold.Threshold",
+                                             "name": "threshold", "threshold": 0.7, "temperature": 0.0,
+                                             "remasking": "low_confidence"}
     rows, m = _rows(job), res["metrics"]
     assert len(rows) == m["n_samples"] == 3
     assert set(rows[0]) >= {"id", "prompt", "output", "extracted", "target", "correct", "nfe", "latency_s",

@@ -92,7 +92,7 @@ def test_matches_hook_reference(path, cache):
 def test_job_section_is_opt_in(tmp_path):
     off = run_job(compose(["n_samples=2"]), tmp_path / "off" / "j", ROOT)
     assert "kv_similarity" not in off
-    res = run_job(compose(["n_samples=2", "metrics.kv_similarity=true", "metrics.kv_similarity_samples=2"]),
+    res = run_job(compose(["n_samples=2", "measure.kv_similarity=true", "measure.kv_similarity_samples=2"]),
                   tmp_path / "s" / "j", ROOT)
     kv = res["kv_similarity"]
     assert kv["n_samples"] == 2 and len(kv["layers"]) == 3

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .decoding import CACHES, generate
+from .decoding import CACHES, DecodeState, WindowCache, build_plugins, generate, graphs_unsupported
 from .decoding.graphs import StaticBuffers, clear_static_buffers
 from .metrics.timing import device_name, peak_memory_bytes, reset_peak, synchronize
 from .models import build_model, load_model
@@ -98,10 +98,13 @@ def parse_args(argv=None):
     p.add_argument("--prompt-length", type=int, default=64)
     p.add_argument("--gen-length", type=int, default=64)
     p.add_argument("--block-length", type=int, default=16)
-    p.add_argument("--caches", default="none,prefix,dual")
-    p.add_argument("--decoding", default="threshold", choices=["fixed", "threshold", "factor"])
-    p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--factor", type=float, default=None)
+    p.add_argument("--caches", default="none,prefix,dual",
+                   help="comma-separated cache policies (any of the registry's; 'all' for every one)")
+    p.add_argument("--decoding", default="threshold", help="decoding rule (any of the registry's)")
+    p.add_argument("--threshold", type=float, default=0.9, help="the threshold rule's threshold")
+    p.add_argument("--factor", type=float, default=None, help="the factor rule's factor")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a cache or rule argument (repeatable), e.g. --arg gamma=0.01")
     p.add_argument("--graphs", default="off", choices=["on", "off"],
                    help="static-buffer steps, replayed as CUDA graphs on a GPU (on a CPU: the same path, no capture)")
     p.add_argument("--fused", default="off", choices=["on", "off"],
@@ -114,18 +117,42 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def plugin_args(args) -> dict:
+    """The rule / cache keyword arguments given on the command line (values parsed as JSON if they can be)."""
+    out = {}
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --arg {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    if args.decoding == "threshold":
+        out.setdefault("threshold", args.threshold)
+    if args.decoding == "factor":
+        out.setdefault("factor", args.factor or 1.0)
+    return out
+
+
+def cache_names(args) -> list[str]:
+    return list(CACHES) if args.caches == "all" else args.caches.split(",")
+
+
 def validate(args) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda requested but no CUDA GPU is available on this machine")
-    for name in args.caches.split(","):
-        if name not in CACHES:
-            raise SystemExit(f"error: unknown cache {name!r} in --caches; valid: {', '.join(CACHES)}")
     for flag in ("batch_size", "prompt_length", "gen_length", "block_length", "repeats"):
         if getattr(args, flag) <= 0:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.gen_length % args.block_length:
         raise SystemExit(f"error: --gen-length {args.gen_length} is not a multiple of --block-length {args.block_length}")
+    try:
+        for name in cache_names(args):  # every plugin built once: bad names / arguments fail here
+            build_plugins(name, args.decoding, **plugin_args(args))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     resolve_dtype(args.dtype)
     return device
 
@@ -147,21 +174,26 @@ def build(args, device):
     return model, f"random:{args.random_weights or args.config}"
 
 
-def step_fn(model, cache_name: str, x, block_start: int, block_end: int, graphs: bool):
-    """The forward a cache mode repeats within a block, after its refresh filled the cache.
+def step_fn(model, cache, x, block_start: int, block_end: int, graphs: bool):
+    """The forward a window cache repeats within a block, after its refresh filled the cache.
 
     Runs on static buffers; with ``graphs`` on CUDA each call replays a captured graph (on a CPU
-    ``graphs`` changes nothing here: the step is the same static-buffer call either way).
+    ``graphs`` changes nothing here: the step is the same static-buffer call either way). Returns
+    (None, None) for a policy whose steps are not one window (timed end to end only).
     """
-    strategy = CACHES[cache_name]
+    if not isinstance(cache, WindowCache):
+        return None, None
     B, L = x.shape
-    buffers = StaticBuffers(model, B, L, strategy.uses_cache, masked=False,
-                            capture=graphs and x.device.type == "cuda")
+    state = DecodeState(model=model, x=x, prompt_len=block_start, gen_length=L - block_start,
+                        block_length=block_end - block_start, steps=None, blocked=True, key_mask=None,
+                        position_ids=None, start=block_start, end=block_end, step=1)
+    plan = cache.plan(state)
+    buffers = StaticBuffers(model, B, L, cache.uses_kv, masked=False, capture=graphs and x.device.type == "cuda")
     buffers.load(x, None, None)
     kv, xs = buffers.kv, buffers.x
     if kv is not None:  # the block's refresh
         model(xs, cache=kv, start=0, logits_slice=slice(block_start, block_end))
-    start, end = strategy.window(block_start, block_end, L)
+    start, end = plan.start, L if plan.end is None else plan.end
     sl = slice(block_start - start, block_end - start)
 
     def step():
@@ -194,21 +226,20 @@ def measure(model, args, device) -> dict:
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rows = []
     full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)  # not captured
-    for name in args.caches.split(","):
+    for name in cache_names(args):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         reset_peak(device)
-        fn, buffers = step_fn(model, name, x, s, e, graphs)
-        step_ms = median_ms(fn, device, args.warmup, args.repeats)
-        kv_bytes = buffers.kv.nbytes if buffers.kv is not None else 0
+        cache, rule = build_plugins(name, args.decoding, **plugin_args(args))
+        fn, buffers = step_fn(model, cache, x, s, e, graphs and bool(cache.supports_graphs))
+        step_ms = median_ms(fn, device, args.warmup, args.repeats) if fn is not None else None
+        kv_bytes = cache.kv_bytes(model, B, P + G)
         del fn, buffers
-        kw = dict(gen_length=G, block_length=bl, steps=G, cache=name, decoding=args.decoding, graphs=graphs)
-        if args.decoding == "threshold":
-            kw["threshold"] = args.threshold
-        if args.decoding == "factor":
-            kw["factor"] = args.factor or 1.0
-        row = {"cache": name, "step_ms": round(step_ms, 3), "full_forward_ms": round(full_ms, 3),
-               "forwards_per_s": round(1e3 / step_ms, 2), "kv_cache_bytes": kv_bytes}
+        kw = dict(gen_length=G, block_length=bl, steps=G, cache=cache, decoding=rule,
+                  graphs=graphs and not graphs_unsupported(cache, rule))
+        row = {"cache": name, "decoding": rule.name, "step_ms": None if step_ms is None else round(step_ms, 3),
+               "full_forward_ms": round(full_ms, 3),
+               "forwards_per_s": None if step_ms is None else round(1e3 / step_ms, 2), "kv_cache_bytes": kv_bytes}
         if not args.skip_e2e:
             generate(model, prompt, **kw)  # warm-up (and graph capture)
             synchronize(device)
@@ -232,7 +263,7 @@ def measure(model, args, device) -> dict:
         out["copy_bandwidth_gb_s"] = round(bw / 1e9, 1)
         out["bandwidth_floor_ms"] = round(floor_ms, 3)
         for r in rows:
-            r["ratio_to_floor"] = round(r["step_ms"] / floor_ms, 2)
+            r["ratio_to_floor"] = None if r["step_ms"] is None else round(r["step_ms"] / floor_ms, 2)
     return out
 
 

@@ -1,10 +1,10 @@
 """Typed schemas of a sweep cell (one job) and the checks that run before any model loads.
 
 The Hydra app (``run.py``) composes ``conf/config.yaml`` on top of ``RunConfig``: one group per
-ablation axis (model, cache, decoding, task, logger), each merged into its typed node, so a
-misspelled key or a wrong type fails at composition. ``validate`` then checks what types cannot
-(block_length divides gen_length, threshold in (0, 1], known cache / decoding names) and raises one
-``ValueError`` naming every bad value, before anything expensive happens.
+ablation axis (model, cache, decoding, task, logger). Typed nodes fail at composition on a
+misspelled key or a wrong type; the cache and decoding nodes are the plugins' own arguments, checked
+by building the plugins (``decoding.registry.from_spec``: unknown arguments, ranges). ``validate``
+raises one ``ValueError`` naming every bad value, before anything expensive happens.
 
 Importing this module registers the schemas in Hydra's ConfigStore and the ``dllm_job_dir``
 resolver used by ``conf/config.yaml`` for job folder names.
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
@@ -32,21 +34,7 @@ class ModelConf:
 
 
 @dataclass
-class CacheConf:
-    name: str = MISSING              # none | prefix | dual (dllm_bench.decoding.CACHES)
-
-
-@dataclass
-class DecodingConf:
-    name: str = MISSING              # fixed | threshold | factor (dllm_bench.decoding.DECODINGS)
-    threshold: Optional[float] = None
-    factor: Optional[float] = None
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-
-
-@dataclass
-class MetricsConf:
+class MeasureConf:
     warmup: bool = True              # one untimed generate before timing
     kv_similarity: bool = False      # paper Fig. 3: K/V cosine similarity across steps (slow)
     kv_similarity_samples: int = 2   # samples measured (batch size 1, after the timed run)
@@ -56,16 +44,17 @@ class MetricsConf:
 @dataclass
 class RunConfig:
     model: ModelConf = field(default_factory=ModelConf)
-    cache: CacheConf = field(default_factory=CacheConf)
-    decoding: DecodingConf = field(default_factory=DecodingConf)
+    cache: Any = MISSING             # `name` (+ `_target_`) + the cache policy's own arguments
+    decoding: Any = MISSING          # `name` (+ `_target_`) + the decoding rule's own arguments
     task: Any = MISSING              # `_target_` + name + the task's own keyword arguments
     logger: Any = MISSING            # `_target_` + the logger's keyword arguments
-    metrics: MetricsConf = field(default_factory=MetricsConf)
+    measure: MeasureConf = field(default_factory=MeasureConf)
     gen_length: int = 48
     block_length: Optional[int] = 16  # null: one block (Dream + cache=none: Dream's own schedule)
     steps: Optional[int] = None      # fixed decoding's total step budget
     threshold: float = 0.9           # alias read by decoding=threshold (-> decoding.threshold)
     factor: float = 1.0              # alias read by decoding=factor (-> decoding.factor)
+    cfg_scale: float = 0.0           # classifier-free guidance (the prompt masked in the unconditional pass)
     batch_size: int = 8
     n_samples: Optional[int] = 50    # null: the task's whole evaluation set
     seed: int = 0
@@ -121,42 +110,85 @@ def _choice(kind: str, value, valid) -> str | None:
     return f"unknown {kind} {value!r} (valid: {', '.join(valid)})" + (f"; did you mean {near[0]}?" if near else "")
 
 
-def check_override_keys(args: list[str]) -> None:
-    """Raise ``ConfigError`` for a command-line override of a key that a typed node lacks, listing
-    the valid keys (Hydra's own message does not). Group choices (``cache=dul``) are left to Hydra,
-    whose message lists the available options; untyped nodes (task, logger) to Hydra's struct check.
+def _plugin_options(args: list[str], group: str, conf_dir: Path | None) -> list[str] | None:
+    """The plugin names a command line selects for ``group`` (cache / decoding): its ``group=a,b``
+    choices, else the root config's default; None when an experiment overlay may change it."""
+    for arg in args:
+        if arg.startswith(f"{group}="):
+            return [v.strip() for v in arg.split("=", 1)[1].split(",")]
+    if conf_dir is None or any(a.startswith("+experiment=") for a in args):
+        return None
+    import yaml
+
+    defaults = yaml.safe_load((Path(conf_dir) / "config.yaml").read_text()).get("defaults", [])
+    return [d[group] for d in defaults if isinstance(d, dict) and group in d]
+
+
+def check_override_keys(args: list[str], conf_dir: str | Path | None = None) -> None:
+    """Raise ``ConfigError`` for a command-line override of a key that a typed node or the selected
+    plugin lacks, listing the valid keys (Hydra's own message does not). Group choices
+    (``cache=dul``) are left to Hydra, whose message lists the available options; untyped nodes
+    (task, logger) to Hydra's struct check.
     """
     from dataclasses import fields
 
-    nodes = {"model": ModelConf, "cache": CacheConf, "decoding": DecodingConf, "metrics": MetricsConf}
+    from .decoding import CACHES, RULES
+
+    nodes = {"model": ModelConf, "measure": MeasureConf}
+    plugins = {"cache": CACHES, "decoding": RULES}
     groups = ("model", "cache", "decoding", "task", "logger", "experiment")
     for arg in args:
         if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
             continue
         head, _, rest = arg.split("=", 1)[0].partition(".")
-        if not rest and head not in groups:
-            schema, key, where = RunConfig, head, "the root config"
+        if head == "metrics" and rest:
+            raise ConfigError(f"unknown key 'metrics.{rest}': the settings of what a job measures are under "
+                              f"'measure' (measure.{rest}); metrics.* names the measured results")
+        if rest and head in plugins:
+            reg = plugins[head]
+            names = _plugin_options(args, head, conf_dir) or list(reg)
+            valid = sorted({a for n in names if n in reg for a in ("name", *reg[n].arg_names())})
+            key, where = rest.split(".")[0], f"{head} {'/'.join(names)}"
+        elif not rest and head not in groups:
+            valid, key, where = [f.name for f in fields(RunConfig)], head, "the root config"
         elif rest and head in nodes:
-            schema, key, where = nodes[head], rest.split(".")[0], head
+            valid, key, where = [f.name for f in fields(nodes[head])], rest.split(".")[0], head
         else:
             continue
-        valid = [f.name for f in fields(schema)]
-        if key not in valid:
+        if valid and key not in valid:
             near = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean {near[0]}?" if near else ""
             raise ConfigError(f"unknown key {key!r} in {where} (valid: {', '.join(valid)}){hint}")
+
+
+def build_plugins(cfg):
+    """(cache, rule) built from the config's ``cache`` and ``decoding`` nodes (ValueError if bad)."""
+    return build_plugins_one(cfg, "cache"), build_plugins_one(cfg, "decoding")
+
+
+def build_plugins_one(cfg, node: str):
+    """The cache (node="cache") or rule (node="decoding") of a config."""
+    from .decoding import CACHES, RULES, from_spec
+
+    return from_spec(CACHES if node == "cache" else RULES, OmegaConf.to_container(cfg[node], resolve=True))
 
 
 def validate(cfg) -> None:
     """Raise one ``ConfigError`` listing every invalid value of a composed config (no model needed)."""
     import torch
 
-    from .decoding import CACHES, DECODINGS
+    from .decoding.generate import graphs_unsupported
     from .models.loading import _DTYPES
 
     bad: list[str] = []
-    bad.append(_choice("cache", cfg.cache.name, tuple(CACHES)))
-    bad.append(_choice("decoding", cfg.decoding.name, DECODINGS))
+    cache = rule = None
+    for node in ("cache", "decoding"):
+        try:
+            built = build_plugins_one(cfg, node)
+        except ValueError as e:
+            bad.append(f"{node}: {e}")
+        else:
+            cache, rule = (built, rule) if node == "cache" else (cache, built)
     bad.append(_choice("model.family", cfg.model.family, FAMILIES))
     bad.append(_choice("dtype", cfg.dtype, tuple(_DTYPES)))
     g, b, s = cfg.gen_length, cfg.block_length, cfg.steps
@@ -167,19 +199,12 @@ def validate(cfg) -> None:
     n_blocks = g // b if b and g > 0 and g % b == 0 else 1
     if s is not None and (s <= 0 or s % n_blocks):
         bad.append(f"steps={s} must be > 0 and a multiple of the number of blocks ({n_blocks})")
-    if s is None and cfg.decoding.name == "fixed":
-        bad.append("steps is required with decoding=fixed")
-    d = cfg.decoding
-    # each rule reads only its own parameter; the decoding yaml sets the others to null
-    if d.threshold is not None and not 0 < d.threshold <= 1:
-        bad.append(f"decoding.threshold={d.threshold} must be in (0, 1]")
-    if d.factor is not None and not d.factor > 0:
-        bad.append(f"decoding.factor={d.factor} must be > 0")
-    if d.temperature < 0:
-        bad.append(f"decoding.temperature={d.temperature} must be >= 0")
-    if cfg.graphs and (d.temperature > 0 or d.remasking != "low_confidence"):
-        bad.append(f"graphs=true needs deterministic steps (decoding.temperature=0, low_confidence "
-                   f"remasking), got temperature={d.temperature}, remasking={d.remasking}")
+    if s is None and rule is not None and rule.uses_steps:
+        bad.append(f"steps is required with decoding={rule.name}")
+    if not math.isfinite(cfg.cfg_scale) or cfg.cfg_scale < 0:
+        bad.append(f"cfg_scale={cfg.cfg_scale} must be a finite number >= 0")
+    if cfg.graphs and cache is not None and rule is not None:
+        bad.append((why := graphs_unsupported(cache, rule, cfg.cfg_scale)) and f"graphs=true {why}")
     if cfg.batch_size < 1:
         bad.append(f"batch_size={cfg.batch_size} must be >= 1")
     if cfg.n_samples is not None and cfg.n_samples < 1:

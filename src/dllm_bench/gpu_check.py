@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from . import bench
-from .decoding import generate
+from .decoding import CACHES, generate
 from .decoding.graphs import clear_static_buffers
 from .models import build_model, load_model
 from .metrics.timing import synchronize
@@ -100,7 +100,7 @@ def kernel_profile(model, device, batch: int, prompt_length: int, gen_length: in
 
     cuda = device.type == "cuda"
     _, x, (s, e) = bench.timing_input(model.config, batch, prompt_length, gen_length, block_length, 0, device)
-    fn, buffers = bench.step_fn(model, cache, x, s, e, graphs=False)
+    fn, buffers = bench.step_fn(model, CACHES.build(cache), x, s, e, graphs=False)
     fn(), fn()
     synchronize(device)
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
                 continue
             ns = SimpleNamespace(batch_size=batch, prompt_length=args.prompt_length, gen_length=args.gen_length,
                                  block_length=args.block_length, caches="none,prefix,dual", decoding="threshold",
-                                 threshold=0.9, factor=None, graphs="on" if graphs and device.type == "cuda" else "off",
+                                 threshold=0.9, factor=None, arg=[], graphs="on" if graphs and device.type == "cuda" else "off",
                                  fused="on" if fused else "off", warmup=min(3, args.repeats), repeats=args.repeats,
                                  seed=0, dtype=str(dtype).replace("torch.", ""), skip_e2e=batch != 1)
             guarded(report, f"batch {batch} {name}", lambda: timings.append(bench.measure(model, ns, device)))

@@ -24,8 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from . import generate, load_model, load_tokenizer
-from .config import RUN_ONLY_KEYS, ConfigError, validate
-from .decoding import CACHES
+from .config import RUN_ONLY_KEYS, ConfigError, build_plugins, validate
 from .logging_wandb import NullLogger
 from .metrics.kv_similarity import KVSimilarity
 from .metrics.timing import Stopwatch, latency_stats, peak_memory_bytes, reset_peak
@@ -57,17 +56,11 @@ def set_threads(cfg) -> int:
     return n
 
 
-def _generate_kwargs(cfg) -> dict:
-    d = cfg.decoding
-    return dict(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
-                cache=cfg.cache.name, decoding=d.name, threshold=d.threshold, factor=d.factor,
-                temperature=d.temperature, remasking=d.remasking, stop_at_eos=cfg.stop_at_eos,
-                graphs=cfg.graphs)
-
-
-def _kv_bytes(model, batch: int, length: int) -> int:
-    c = model.config
-    return 2 * c.n_layers * batch * c.n_kv_heads * length * c.head_dim * model.dtype.itemsize
+def engine_kwargs(cfg) -> dict:
+    """``generate`` keyword arguments of a sweep cell: the built cache and rule plus the lengths."""
+    cache, rule = build_plugins(cfg)
+    return dict(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps, cache=cache,
+                decoding=rule, cfg_scale=cfg.cfg_scale, stop_at_eos=cfg.stop_at_eos, graphs=cfg.graphs)
 
 
 def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]:
@@ -81,9 +74,10 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]
     prompts = [torch.tensor(encode_prompt(tok, s.prompt, cfg.model.instruct and s.meta.get("chat", True)))
                for s in samples]
     eos = {i for i in (model.config.eos_token_id, tok.eos_token_id) if i is not None}
-    kw = _generate_kwargs(cfg)
-    gen = torch.Generator(device).manual_seed(cfg.seed) if cfg.decoding.temperature > 0 else None
-    if cfg.metrics.warmup:
+    kw = engine_kwargs(cfg)
+    cache = kw["cache"]
+    gen = torch.Generator(device).manual_seed(cfg.seed) if kw["decoding"].temperature > 0 else None
+    if cfg.measure.warmup:
         generate(model, prompts[:1], generator=gen, **kw)
     reset_peak(device)
 
@@ -97,7 +91,7 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]
         seconds += sw.seconds
         batch_nfe += res.nfe
         length = max(len(p) for p in batch) + cfg.gen_length
-        kv_bytes = max(kv_bytes, _kv_bytes(model, len(batch), length) * CACHES[cfg.cache.name].uses_cache)
+        kv_bytes = max(kv_bytes, cache.kv_bytes(model, len(batch), length))
         for r, s in enumerate(samples[lo:lo + cfg.batch_size]):
             text, n_tok = decode_generated(res.tokens[r], eos, tok, task.stop_sequences)
             outputs.append(text)
@@ -133,9 +127,9 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]
         **{k: sum(v) / len(v) for k, v in extras.items()},
     }
     kv_sim = None
-    if cfg.metrics.kv_similarity:  # after the timed run: its extra forwards must not be timed
-        sim = KVSimilarity(model, cfg.metrics.kv_heatmap_prompt_tokens)
-        for i, p in enumerate(prompts[:cfg.metrics.kv_similarity_samples]):
+    if cfg.measure.kv_similarity:  # after the timed run: its extra forwards must not be timed
+        sim = KVSimilarity(model, cfg.measure.kv_heatmap_prompt_tokens)
+        for i, p in enumerate(prompts[:cfg.measure.kv_similarity_samples]):
             generate(model, [p], generator=gen, on_step=sim.start(len(p), heatmap=i == 0), **kw)
         kv_sim = sim.result()
     return metrics, rows, kv_sim

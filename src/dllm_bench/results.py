@@ -49,13 +49,28 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 # Top-level keys added after sweeps already existed, with the value that reproduces the old behaviour:
 # left out of the hash at that value, so folders written before the key existed stay resumable.
-LATER_KEYS = {"fused": False}
+LATER_KEYS = {"fused": False, "cfg_scale": 0.0}
+# Keys renamed since (new name -> the name hashed), and plugin-node keys the hash fills in at their
+# old value when a plugin does not take them (the decoding node once listed every rule's argument).
+RENAMED_KEYS = {"measure": "metrics"}
+LEGACY_DECODING = {"threshold": None, "factor": None, "temperature": 0.0, "remasking": "low_confidence"}
+
+
+def _canonical(config: dict) -> dict:
+    """The config as hashed: ``_target_`` paths dropped (a plugin is identified by its name)."""
+    out = {RENAMED_KEYS.get(k, k): v for k, v in config.items()}
+    for node in ("cache", "decoding"):
+        if isinstance(out.get(node), dict):
+            out[node] = {k: v for k, v in out[node].items() if k != "_target_"}
+    if isinstance(out.get("decoding"), dict):
+        out["decoding"] = {**LEGACY_DECODING, **out["decoding"]}
+    return out
 
 
 def config_hash(config: dict, run_only: Iterable[str] = ()) -> str:
     """sha256 of the canonical JSON of the resolved config minus the run-only top-level keys
     (and minus later-added keys at their old-behaviour value, see ``LATER_KEYS``)."""
-    kept = {k: v for k, v in config.items()
+    kept = {k: v for k, v in _canonical(config).items()
             if k not in set(run_only) and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -1,4 +1,4 @@
-"""``generate``: validate, left-pad and build the pieces, then run the block loop once.
+"""``generate``: validate, left-pad and build the plugins, then run the block loop once.
 
 Every argument is checked before the first forward; a bad one raises a one-line ValueError that
 names it. Batches of prompts of different lengths are left-padded; padded keys are masked out and
@@ -6,27 +6,28 @@ positions count from each row's first real token, so each row equals its batch-s
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from .caches import CACHES
+from .caches.base import Cache
 from .loop import StepInfo, block_loop
-from .rules import EvenSteps, Factor, LinearEntropy, QuotaThreshold, Rule, Threshold
-
-DECODINGS = ("fixed", "threshold", "factor")
-REMASKINGS = ("low_confidence", "random")
+from .registry import CACHES, RULES, check_number
+from .rules.base import Rule
+from .state import DecodeState
 
 
 @dataclass
 class GenerationResult:
     """tokens: (B, gen_length) the generated part; nfe: model forward calls for the batch;
-    nfe_per_row: each row's own count (what it costs at batch size 1); refreshes: block-start full
-    forwards; skipped_blocks: blocks left undecoded by ``stop_at_eos`` (filled with EOS);
-    nfe_saved: forwards those blocks would have needed at least (their refresh, or their whole
-    step budget under fixed decoding); trace: per-step records when ``trace=True``."""
+    nfe_per_row: each row's own count (what it costs at batch size 1); refreshes: forwards that
+    refreshed the cache (block starts); skipped_blocks: blocks left undecoded by ``stop_at_eos``
+    (filled with EOS); nfe_saved: forwards those blocks would have needed at least (their
+    refresh, or their whole step budget under fixed decoding); remasked: decoded tokens turned
+    back to mask (rules that re-mask); stats: plugins' own counters; trace: per-step records when
+    ``trace=True``."""
 
     tokens: torch.Tensor
     nfe: int
@@ -34,15 +35,30 @@ class GenerationResult:
     refreshes: int
     skipped_blocks: int = 0
     nfe_saved: int = 0
+    remasked: int = 0
+    stats: dict = field(default_factory=dict)
     trace: list[dict] | None = None
 
 
-def _choice(kind: str, value, valid: Sequence[str]) -> str:
-    if value not in valid:
-        near = difflib.get_close_matches(str(value), valid, n=1)
-        hint = f" Did you mean: {near[0]}?" if near else ""
-        raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}.{hint}")
-    return value
+def _prompt_tensor(prompt_ids, attention_mask):
+    """Accept a BatchEncoding / dict with ``input_ids`` (and ``attention_mask``) as well."""
+    if isinstance(prompt_ids, Mapping) or hasattr(prompt_ids, "data") and isinstance(getattr(prompt_ids, "data"), Mapping):
+        enc = prompt_ids if isinstance(prompt_ids, Mapping) else prompt_ids.data
+        if "input_ids" not in enc:
+            raise ValueError(f"prompt_ids is a mapping without 'input_ids' (keys: {', '.join(map(str, enc))})")
+        if attention_mask is None and enc.get("attention_mask") is not None:
+            attention_mask = torch.as_tensor(enc["attention_mask"])
+        prompt_ids = enc["input_ids"]
+        if not isinstance(prompt_ids, torch.Tensor):
+            prompt_ids = torch.as_tensor(prompt_ids)
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dtype.is_floating_point or prompt_ids.dtype == torch.bool:
+            raise ValueError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
+        return prompt_ids, attention_mask
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, (list, tuple)):
+        raise ValueError(f"prompt_ids must be a LongTensor (B, L), a list of 1-D token id sequences or a "
+                         f"BatchEncoding, got {type(prompt_ids).__name__}")
+    return prompt_ids, attention_mask
 
 
 def _left_pad(prompt_ids, attention_mask, pad_id: int):
@@ -53,7 +69,9 @@ def _left_pad(prompt_ids, attention_mask, pad_id: int):
             raise ValueError(f"empty prompt: prompt_ids has shape {tuple(ids.shape)}")
         if attention_mask is None:
             return ids.long(), None
-        mask = attention_mask.bool().to(ids.device)
+        mask = torch.as_tensor(attention_mask).bool().to(ids.device)
+        if mask.dim() == 1:
+            mask = mask[None]
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {tuple(mask.shape)} != prompt_ids shape {tuple(ids.shape)}")
         lengths = mask.sum(-1)
@@ -63,7 +81,14 @@ def _left_pad(prompt_ids, attention_mask, pad_id: int):
         if bool((mask.long().cummax(-1).values != mask.long()).any()):
             raise ValueError("attention_mask must describe left padding (zeros only before the prompt)")
         return ids.long(), None if bool(mask.all()) else mask
-    rows = [torch.as_tensor(r, dtype=torch.long).flatten() for r in prompt_ids]
+    rows = []
+    for i, r in enumerate(prompt_ids):
+        if isinstance(r, str):
+            raise ValueError(f"prompt row {i} is a string; tokenize it first (token ids expected)")
+        try:
+            rows.append(torch.as_tensor(r, dtype=torch.long).flatten())
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"prompt row {i} is not a sequence of token ids: {e}") from None
     if not rows:
         raise ValueError("empty prompt list")
     for i, r in enumerate(rows):
@@ -78,88 +103,94 @@ def _left_pad(prompt_ids, attention_mask, pad_id: int):
     return ids, None if bool(mask.all()) else mask
 
 
-def _rule(decoding: str, profile, *, blocked: bool, spb: int, steps: int, gen_length: int,
-          threshold, factor) -> Rule:
-    if decoding == "threshold":
-        return Threshold(threshold) if blocked else QuotaThreshold(threshold, steps, gen_length)
-    if decoding == "factor":
-        return Factor(factor)
-    if profile.fixed_schedule == "linear_entropy":
-        return LinearEntropy(spb)
-    return EvenSteps(spb)
+def build_plugins(cache: str | Cache = "none", decoding: str | Rule = "fixed", **kwargs) -> tuple[Cache, Rule]:
+    """(cache, rule) from names or instances; each keyword goes to the plugin that has an argument
+    of that name (the rule first). ``None`` values are dropped (the legacy signature passes
+    ``threshold=None`` and ``factor=None``)."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    rule_cls = type(decoding) if isinstance(decoding, Rule) else RULES[decoding]
+    cache_cls = type(cache) if isinstance(cache, Cache) else CACHES[cache]
+    rule_kw, cache_kw = {}, {}
+    for k, v in kwargs.items():
+        if k in rule_cls.arg_names() and not isinstance(decoding, Rule):
+            rule_kw[k] = v
+        elif k in cache_cls.arg_names() and not isinstance(cache, Cache):
+            cache_kw[k] = v
+        else:
+            raise ValueError(f"unknown argument {k}={v!r} for decoding {rule_cls.name!r} "
+                             f"(valid: {', '.join(rule_cls.arg_names()) or 'none'}) and cache {cache_cls.name!r} "
+                             f"(valid: {', '.join(cache_cls.arg_names()) or 'none'})")
+    return CACHES.build(cache, **cache_kw), RULES.build(decoding, **rule_kw)
+
+
+def graphs_unsupported(cache: Cache, rule: Rule, cfg_scale: float = 0.0) -> str | None:
+    """Why these plugins cannot run on static buffers / CUDA graphs, or None when they can."""
+    for p in (cache, rule):
+        if not p.supports_graphs:
+            return f"is not supported by {p.kind} {p.name!r} (it has no static-shape step path)"
+    if rule.temperature > 0 or rule.remasking != "low_confidence" or cfg_scale > 0:
+        return (f"needs deterministic, unguided steps (temperature 0, low_confidence remasking, cfg_scale 0); "
+                f"got temperature={rule.temperature!r}, remasking={rule.remasking!r}, cfg_scale={cfg_scale!r}")
+    return None
 
 
 @torch.no_grad()
 def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = None,
-             steps: int | None = None, cache: str = "none", decoding: str = "fixed",
-             threshold: float | None = None, factor: float | None = None, temperature: float = 0.0,
-             remasking: str = "low_confidence", attention_mask: torch.Tensor | None = None,
-             generator: torch.Generator | None = None, stop_at_eos: bool = False,
-             trace: bool = False, on_step: Callable[[StepInfo], None] | None = None,
-             graphs: bool = False) -> GenerationResult:
+             steps: int | None = None, cache: str | Cache = "none", decoding: str | Rule = "fixed",
+             attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             cfg_scale: float = 0.0, stop_at_eos: bool = False, trace: bool = False,
+             on_step: Callable[[StepInfo], None] | None = None, graphs: bool = False,
+             **plugin_args) -> GenerationResult:
     """Generate ``gen_length`` tokens after each prompt with a diffusion LM.
 
-    prompt_ids: LongTensor (B, L) (left-padded rows with ``attention_mask``, 1 = real token) or a
-        list of 1-D tensors / lists of different lengths.
-    block_length: decode in blocks of this size, left to right (None: one block; for Dream with
-        ``cache="none"`` None selects Dream's original non-blocked schedule).
-    steps: fixed decoding's total step budget, split evenly over the blocks (must be a multiple of
-        the number of blocks). Unused by threshold/factor on the blocked path (default: n_blocks);
-        Dream's non-blocked threshold path uses ``gen_length // steps`` as its per-step quota.
-    cache: "none" | "prefix" | "dual".  decoding: "fixed" | "threshold" | "factor".
-    temperature: > 0 samples with Gumbel-max noise in float64 drawn from ``generator``.
+    prompt_ids: LongTensor (B, L) (left-padded rows with ``attention_mask``, 1 = real token), a
+        list of 1-D tensors / lists of different lengths, or a tokenizer's BatchEncoding.
+    block_length: decode in blocks of this size, left to right (None: one block; for Dream with a
+        cache that does not refresh per block, None selects Dream's original whole-sequence schedule).
+    steps: the total step budget of budgeted rules (``fixed``), split evenly over the blocks (a
+        multiple of the number of blocks). Dream's whole-sequence threshold path uses
+        ``gen_length // steps`` as its per-step quota.
+    cache: a cache policy name (``dllm_bench.decoding.CACHES``: none, prefix, dual, ...) or instance.
+    decoding: a decoding rule name (``dllm_bench.decoding.RULES``: fixed, threshold, factor, ...)
+        or instance. Their arguments are keywords of this call (``threshold=0.9``,
+        ``temperature=0.5``, ``gamma=0.01`` ...), each routed to the plugin that declares it.
+    cfg_scale: classifier-free guidance (> 0): the prompt masked in the unconditional pass.
     stop_at_eos: stop once every row has finished a block containing EOS; the rest is EOS.
     trace / on_step: per-step records in ``result.trace`` / a callback receiving ``StepInfo``.
     graphs: run the steps on static buffers kept on the model and, on a GPU, replay them as CUDA
         graphs captured once per (batch, length, block); same tokens as the eager path.
     """
     cfg, profile = model.config, model.profile
-    cache_strategy = CACHES[_choice("cache", cache, tuple(CACHES))]
-    _choice("decoding", decoding, DECODINGS)
-    _choice("remasking", remasking, REMASKINGS)
-    if not isinstance(gen_length, int) or gen_length <= 0:
+    cache_obj, rule = build_plugins(cache, decoding, **plugin_args)
+    if not isinstance(gen_length, int) or isinstance(gen_length, bool) or gen_length <= 0:
         raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
-    blocked = block_length is not None or cache != "none" or not profile.nonblocked_without_blocks
+    blocked = block_length is not None or cache_obj.blockwise or not profile.nonblocked_without_blocks
     if block_length is None:
         block_length = gen_length
-    if not isinstance(block_length, int) or block_length <= 0:
+    if not isinstance(block_length, int) or isinstance(block_length, bool) or block_length <= 0:
         raise ValueError(f"block_length must be a positive int, got {block_length!r}")
     if gen_length % block_length:
         raise ValueError(f"gen_length {gen_length} is not a multiple of block_length {block_length}")
     n_blocks = gen_length // block_length
-    if steps is None:
-        if decoding == "fixed" or not blocked:
-            raise ValueError(f"steps is required for decoding={decoding!r}")
-        steps = n_blocks
-    if not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if steps % n_blocks:
-        raise ValueError(f"steps {steps} is not a multiple of the number of blocks {n_blocks}")
-    if decoding == "threshold":
-        if threshold is None or not 0 < float(threshold) <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if not blocked and gen_length % steps:
-            raise ValueError(f"Dream's non-blocked threshold schedule needs gen_length % steps == 0; "
-                             f"got gen_length {gen_length}, steps {steps}")
-    elif threshold is not None:
-        raise ValueError(f"threshold={threshold!r} is only used with decoding='threshold' (got {decoding!r})")
-    if decoding == "factor":
-        if factor is None or not float(factor) > 0:
-            raise ValueError(f"factor must be > 0, got {factor!r}")
-    elif factor is not None:
-        raise ValueError(f"factor={factor!r} is only used with decoding='factor' (got {decoding!r})")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if graphs and (temperature > 0 or remasking != "low_confidence"):
-        raise ValueError(f"graphs=True needs deterministic steps (temperature 0, low_confidence "
-                         f"remasking); got temperature={temperature!r}, remasking={remasking!r}")
+    if steps is not None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if steps % n_blocks:
+            raise ValueError(f"steps {steps} is not a multiple of the number of blocks {n_blocks}")
+    check_number("cfg_scale", cfg_scale, lo=0)
+    if graphs and (why := graphs_unsupported(cache_obj, rule, cfg_scale)):
+        raise ValueError(f"graphs=True {why}")
 
     pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.mask_token_id
+    prompt_ids, attention_mask = _prompt_tensor(prompt_ids, attention_mask)
     ids, mask = _left_pad(prompt_ids, attention_mask, pad_id)
     B, P = ids.shape
     if P + gen_length > cfg.max_length:
         raise ValueError(f"prompt length {P} + gen_length {gen_length} = {P + gen_length} exceeds the "
                          f"model's maximum length {cfg.max_length}")
+    bad = ids[(ids < 0) | (ids >= cfg.vocab_size)]
+    if bad.numel():
+        raise ValueError(f"prompt token id {int(bad[0])} is outside the vocabulary (0..{cfg.vocab_size - 1})")
 
     device = model.device
     ids = ids.to(device)
@@ -169,15 +200,12 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = N
         key_mask = torch.cat([mask.to(device), torch.ones((B, gen_length), dtype=torch.bool, device=device)], 1)
         position_ids = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-    spb = steps // n_blocks
-    rule = _rule(decoding, profile, blocked=blocked, spb=spb if blocked else steps, steps=steps,
-                 gen_length=gen_length, threshold=threshold, factor=factor)
-    out = block_loop(model, x, prompt_len=P, block_length=block_length, cache=cache_strategy, rule=rule,
-                     position_ids=position_ids, attention_mask=key_mask, temperature=temperature,
-                     remasking=remasking, generator=generator,
-                     refresh_forces_first=profile.refresh_forces_first and blocked,
-                     stop_at_eos=stop_at_eos, trace=trace, on_step=on_step, graphs=graphs)
-    per_block = spb if decoding == "fixed" else 1
+    state = DecodeState(model=model, x=x, prompt_len=P, gen_length=gen_length, block_length=block_length,
+                        steps=steps, blocked=blocked, key_mask=key_mask, position_ids=position_ids,
+                        generator=generator, cfg_scale=float(cfg_scale))
+    out = block_loop(state, cache_obj, rule, stop_at_eos=stop_at_eos, trace=trace, on_step=on_step, graphs=graphs)
+    per_block = state.steps_per_block if rule.uses_steps and not rule.exit_when_done else 1
     return GenerationResult(tokens=out.x[:, P:], nfe=out.nfe, nfe_per_row=out.nfe_per_row,
                             refreshes=out.refreshes, skipped_blocks=out.skipped_blocks,
-                            nfe_saved=out.skipped_blocks * per_block, trace=out.trace)
+                            nfe_saved=out.skipped_blocks * (per_block or 1), remasked=out.remasked,
+                            stats=out.stats, trace=out.trace)

@@ -1,37 +1,42 @@
-"""THE block loop, written once: every cache strategy and decoding rule plugs into it.
+"""THE block loop, written once: every cache policy and decoding rule plugs into it.
 
-For each block of the generation: one full forward (the refresh; it fills the cache and its
-logits serve the block's first step), then further steps — each feeding the cache strategy's
-window — until the block has no mask left or the rule's step budget is spent. Rows of a batch
-decide independently; a row whose block is done simply has no candidates, so each row's tokens
-(and its own forward count, ``nfe_per_row``) equal its batch-size-1 run.
+For each block of the generation, steps run until the block has no mask left or the rule's
+budget is spent. Each step: the cache plans the forward (which positions are fed, whether it
+refreshes), the rule may add extra query tokens, the model runs (twice the batch under
+classifier-free guidance, or as the cache's own guidance decides), the rule predicts at its
+target positions and decides what to unmask and re-mask, and the cache sees the result.
+Rows of a batch decide independently; a row whose block is done simply has no candidates, so
+each row's tokens (and its own forward count, ``nfe_per_row``) equal its batch-size-1 run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable
 
 import torch
 
-from .caches import CacheStrategy
-from .confidence import predict
+from ..models.kv import Where
+from .caches.base import Cache
 from .graphs import static_buffers
-from .rules import Rule
+from .rules.base import Rule
+from .state import Decision, DecodeState, Extra, Plan
 
 
 @dataclass
 class StepInfo:
-    """What a step callback sees after each forward (for traces and KV-similarity metrics)."""
+    """What a step callback sees after each forward (for traces and metrics)."""
 
     block: int
-    step: int                  # 0 = the block's refresh forward
+    step: int                  # 0 = the block's first forward
     block_start: int
     block_end: int
-    window: tuple[int, int]    # positions fed to the model
-    x: torch.Tensor            # (B, L) the sequence after this step's unmasking (do not modify)
-    accepted: torch.Tensor     # (B, W) bool, positions of the block unmasked by this step
+    window: tuple[int, int] | None  # the fed window (None for an index plan)
+    x: torch.Tensor            # (B, L) the sequence after this step (do not modify)
+    accepted: torch.Tensor     # (B, W) target positions unmasked by this step
     confidence: torch.Tensor   # (B, W) candidates' confidences (-inf elsewhere)
+    remasked: torch.Tensor | None = None  # (B, W) decoded positions turned back to mask
+    targets: tuple[int, int] = (0, 0)     # [start, end) of the W target positions
+    plan: Plan | None = None
 
 
 @dataclass
@@ -41,92 +46,215 @@ class LoopOutput:
     nfe_per_row: list[int]
     refreshes: int
     skipped_blocks: int = 0
-    trace: list[dict] | None = field(default=None)
+    remasked: int = 0
+    trace: list[dict] | None = None
+    stats: dict = field(default_factory=dict)
 
 
-def block_loop(model, x: torch.Tensor, *, prompt_len: int, block_length: int, cache: CacheStrategy,
-               rule: Rule, position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
-               temperature: float = 0.0, remasking: str = "low_confidence",
-               generator: torch.Generator | None = None, refresh_forces_first: bool | None = None,
-               stop_at_eos: bool = False, trace: bool = False,
+class _Forward:
+    """Runs one planned forward and returns the logits at the target positions (+ extra tokens)."""
+
+    def __init__(self, state: DecodeState, kv):
+        self.state, self.kv = state, kv
+        self.shift = state.profile.shift_logits
+
+    def inputs(self, rows: str):
+        """(x, position ids, key mask) for rows "cond" (B), "uncond" (prompt masked) or "both" (2B)."""
+        st = self.state
+        x, pos, km = st.x, st.position_ids, st.key_mask
+        if rows == "cond":
+            return x, pos, km
+        un = x.clone()
+        un[:, :st.prompt_len] = st.mask_id
+        if rows == "uncond":
+            return un, pos, km
+        dup = (lambda t: None if t is None else torch.cat([t, t]))
+        return torch.cat([x, un]), dup(pos), dup(km)
+
+    def fast(self, plan: Plan, ts: int, te: int) -> bool:
+        end = self.state.length if plan.end is None else plan.end
+        return plan.index is None and plan.start <= ts and te <= end
+
+    def target_rows(self, plan: Plan, ts: int, te: int):
+        """(rows (B, W) of the fed tokens giving each target's logits, fresh (B, W))."""
+        st = self.state
+        B, L = st.batch, st.length
+        if plan.index is None:
+            end = L if plan.end is None else plan.end
+            qpos = torch.arange(plan.start, end, device=st.device).expand(B, -1)
+            qvalid = None
+        else:
+            qpos, qvalid = plan.index, plan.valid
+        T = qpos.shape[1]
+        slot = qpos if qvalid is None else torch.where(qvalid, qpos, L)
+        qmap = torch.full((B, L + 1), -1, dtype=torch.long, device=st.device)
+        qmap.scatter_(1, slot, torch.arange(T, device=st.device).expand(B, -1))
+        qmap = qmap[:, :L]
+        tpos = torch.arange(ts, te, device=st.device)
+        src = qmap[:, tpos]
+        if self.shift:  # Dream: position i from hidden state i-1 when that was fed, else its own
+            prev = qmap[:, (tpos - 1).clamp(min=0)].masked_fill((tpos == 0)[None, :], -1)
+            src = torch.where(prev >= 0, prev, src)
+        return src.clamp(min=0), src >= 0
+
+    def __call__(self, plan: Plan, ts: int, te: int, extra: Extra | None = None, rows: str = "cond",
+                 target_rows: torch.Tensor | None = None) -> torch.Tensor:
+        st, model = self.state, self.state.model
+        L = st.length
+        x, pos_ids, key_mask = self.inputs(rows)
+        n = x.shape[0]
+        if plan.index is None:
+            start = plan.start
+            end = L if plan.end is None else plan.end
+            ids = x[:, start:end]
+            pos = None if pos_ids is None else pos_ids[:, start:end]
+            where = Where(start=start)
+        else:
+            index = plan.index if n == st.batch else torch.cat([plan.index, plan.index])
+            valid = plan.valid if plan.valid is None or n == st.batch else torch.cat([plan.valid, plan.valid])
+            ids = x.gather(1, index)
+            pos = index if pos_ids is None else pos_ids.gather(1, index)
+            where = Where(index=index, valid=valid)
+            start = None
+        if self.kv is None and (ids.shape[1] != L):
+            raise RuntimeError("a cache without KV storage must feed the whole sequence")
+        if target_rows is None:  # the fast path: targets inside the window, no extra tokens
+            if self.shift:
+                lo, hi = max(ts - start - 1, 0), te - start - 1
+            else:
+                lo, hi = ts - start, te - start
+            logits = model(ids, position_ids=pos, attention_mask=key_mask, cache=self.kv, where=where,
+                           logits_slice=slice(lo, hi), hooks=plan.hooks)
+            if self.shift and ts == start:  # the window's first position keeps its own logits
+                logits = torch.cat([logits[:, :1], logits], dim=1)
+            return logits
+        rows_idx = target_rows if n == st.batch else torch.cat([target_rows, target_rows])
+        mask = key_mask
+        if extra is not None:
+            E, T = extra.ids.shape[1], ids.shape[1]
+            dup = (lambda t: t if n == st.batch else torch.cat([t, t]))
+            e_ids, e_pos, sees_main = dup(extra.ids), dup(extra.positions), dup(extra.sees_main)
+            sees_extra = extra.sees_extra.expand(st.batch, E, E) if extra.sees_extra.dim() == 2 else extra.sees_extra
+            sees_extra = dup(sees_extra)
+            km = torch.ones((n, L), dtype=torch.bool, device=st.device) if key_mask is None else key_mask.bool()
+            top = torch.cat([km[:, None, :].expand(n, T, L), torch.zeros((n, T, E), dtype=torch.bool, device=st.device)], 2)
+            bottom = torch.cat([sees_main & km[:, None, :], sees_extra], 2)
+            mask = torch.cat([top, bottom], 1)  # (n, T + E, L + E)
+            if pos is None:
+                pos = torch.arange(start, start + T, device=st.device).expand(n, T) if start is not None else ids.new_zeros(0)
+            ids, pos = torch.cat([ids, e_ids], 1), torch.cat([pos, e_pos], 1)
+            where = Where(start=where.start, index=where.index, valid=where.valid, n_extra=E)
+            rows_idx = torch.cat([rows_idx, torch.arange(T, T + E, device=st.device).expand(n, E)], 1)
+        return model(ids, position_ids=pos, attention_mask=mask, cache=self.kv, where=where,
+                     logits_slice=rows_idx, hooks=plan.hooks)
+
+
+def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: bool = False, trace: bool = False,
                on_step: Callable[[StepInfo], None] | None = None, graphs: bool = False) -> LoopOutput:
-    """Decode the masked tail of ``x`` (B, L) in place, block by block. See ``generate``.
+    """Decode the masked tail of ``state.x`` (B, L) in place, block by block. See ``generate``.
 
     graphs: run every step on static buffers kept on the model, captured as CUDA graphs on a GPU
-    (see ``graphs.py``); needs deterministic steps (temperature 0, low-confidence remasking).
+    (see ``graphs.py``); ``generate`` checks that the cache and rule allow it.
     """
-    cfg, profile = model.config, model.profile
-    mask_id = cfg.mask_token_id
-    if refresh_forces_first is None:
-        refresh_forces_first = profile.refresh_forces_first
-    B, L = x.shape
-    n_blocks = (L - prompt_len) // block_length
+    model, cfg, profile = state.model, state.config, state.profile
+    mask_id, P = state.mask_id, state.prompt_len
+    B, L = state.x.shape
+    guided = state.cfg_scale > 0
     static = None
     if graphs:
-        static = static_buffers(model, B, L, cache.uses_cache, attention_mask is not None)
-        static.load(x, position_ids, attention_mask)
-        x_out, x = x, static.x
-        kv, position_ids, attention_mask = static.kv, static.position_ids, static.attention_mask
+        static = static_buffers(model, B, L, cache.uses_kv, state.key_mask is not None)
+        static.load(state.x, state.position_ids, state.key_mask)
+        x_out, state.x = state.x, static.x
+        state.position_ids, state.key_mask = static.position_ids, static.attention_mask
+        kv = static.kv
     else:
-        kv = model.new_cache(B, L) if cache.uses_cache else None
-    nfe, refreshes, skipped = 0, 0, 0
+        kv = model.new_cache(2 * B if guided else B, L) if cache.uses_kv else None
+    x = state.x
+    forward = _Forward(state, kv)
+    can_exit = cache.early_exit or rule.exit_when_done
+    forces_first = profile.refresh_forces_first and state.blocked
+    nfe = refreshes = skipped = remasked_total = 0
     nfe_row = torch.zeros(B, dtype=torch.long, device=x.device)
     records: list[dict] | None = [] if trace else None
+    cache.setup(state)
+    rule.setup(state)
 
-    def forward(start: int, end: int, s: int, e: int):
-        """(x0, conf) for positions s..e, from a forward that feeds start..end."""
-        # Dream predicts position i from hidden state i-1, shifted within the fed window.
-        lo = max(s - start - 1, 0) if profile.shift_logits else s - start
-        hi = e - start - 1 if profile.shift_logits else e - start
-        pos = None if position_ids is None else position_ids[:, start:end]
-        logits = model(x[:, start:end], position_ids=pos, attention_mask=attention_mask,
-                       cache=kv, start=start, logits_slice=slice(lo, hi))
-        if profile.shift_logits and s == start:  # window position 0 keeps its own logits
-            logits = torch.cat([logits[:, :1], logits], dim=1)
-        return predict(logits, mask_id=mask_id, score=rule.score, fp64=profile.confidence_fp64,
-                       temperature=temperature, remasking=remasking, generator=generator)
-
-    for b in range(n_blocks):
-        s, e = prompt_len + b * block_length, prompt_len + (b + 1) * block_length
-        block = x[:, s:e]  # a view: writes land in x
-        rule.begin_block((block == mask_id).sum(-1))
-        step = 0
-        window = (0, L)
+    for b in range(state.n_blocks):
+        s, e = P + b * state.block_length, P + (b + 1) * state.block_length
+        state.block, state.start, state.end, state.step = b, s, e, 0
+        ts, te = (s, e) if rule.targets == "block" else (P, L)
+        rule.begin_block(state)
+        cache.begin_block(state)
         while True:
-            cand = block == mask_id
-            active = cand.any(-1)
-            if step > 0 and (not bool(active.any()) or rule.exhausted(step)):
+            active = (x[:, s:e] == mask_id).any(-1)
+            if state.step > 0 and (rule.exhausted(state) or (can_exit and not bool(active.any()))):
                 break
-            if static is None:
-                x0, conf = forward(*window, s, e)
+            plan = cache.plan(state)
+            extra = rule.extra_queries(state)
+            general = extra is not None or not forward.fast(plan, ts, te)
+            rows, fresh = forward.target_rows(plan, ts, te) if general else (None, None)
+
+            def run(which: str, plan=plan, extra=extra, rows=rows):
+                return forward(plan, ts, te, extra, which, rows)
+
+            if static is not None:
+                pred = static.run((plan.key, ts, te, rule.predict_key),
+                                  lambda plan=plan, ts=ts, te=te: rule.predict(forward(plan, ts, te), state))
+                calls = 1
             else:
-                x0, conf = static.run((window, s, e, rule.score), partial(forward, *window, s, e))
-            nfe += 1
-            nfe_row += active.long() if step > 0 else 1
-            conf = conf.masked_fill(~cand, -torch.inf)
-            if step == 0 and refresh_forces_first:  # Dream: refresh unmasks the first position only
-                accepted = torch.zeros_like(cand)
-                accepted[:, 0] = cand[:, 0]
-            else:
-                accepted = rule.select(conf, step) & cand
-            block.copy_(torch.where(accepted, x0, block))  # no host sync
+                logits, calls = cache.guided(run, state, plan) if guided else (run("cond"), 1)
+                n_extra = 0 if extra is None else extra.ids.shape[1]
+                main = logits[:, :te - ts] if n_extra else logits
+                pred = rule.predict(main, state)
+                if n_extra:
+                    pred.extra_logits = logits[:, te - ts:]
+            state.calls += calls
+            nfe += calls
+            nfe_row += calls * (active | (not can_exit) if state.step > 0 else torch.ones_like(active))
+            refreshes += int(plan.refresh)
+
+            tgt = x[:, ts:te]  # a view: writes land in x
+            cand = tgt == mask_id
+            if ts != s or te != e:
+                in_block = torch.zeros(te - ts, dtype=torch.bool, device=x.device)
+                in_block[s - ts:e - ts] = True
+                cand = cand & in_block
+            if fresh is not None:
+                cand = cand & fresh
+            pred.conf = pred.conf.masked_fill(~cand, -torch.inf)
+            decision = rule.select(pred, cand, state)
+            if not isinstance(decision, Decision):
+                decision = Decision(decision)
+            unmask = decision.unmask & cand
+            if state.step == 0 and forces_first:  # Dream's refresh unmasks the block's first position only
+                unmask = torch.zeros_like(cand)
+                unmask[:, s - ts] = cand[:, s - ts]
+            new = torch.where(unmask, pred.x0, tgt)
+            remask = None
+            if decision.remask is not None:
+                remask = decision.remask & (tgt != mask_id) & ~unmask
+                new = new.masked_fill(remask, mask_id)
+                remasked_total += int(remask.sum())
+            tgt.copy_(new)  # no host sync
+            cache.after_step(state, plan)
             if records is not None:
-                records.append({"block": b, "step": step, "window": list(window),
-                                "accepted": accepted.sum(-1).tolist(),
-                                "accepted_confidence": [conf[i][accepted[i]].tolist() for i in range(B)]})
+                rec = {"block": b, "step": state.step, "window": None if plan.index is not None else
+                       [plan.start, L if plan.end is None else plan.end], "accepted": unmask.sum(-1).tolist(),
+                       "accepted_confidence": [pred.conf[i][unmask[i]].tolist() for i in range(B)]}
+                if remask is not None:
+                    rec["remasked"] = remask.sum(-1).tolist()
+                records.append(rec)
             if on_step is not None:
-                on_step(StepInfo(b, step, s, e, window, x, accepted, conf))
-            if step == 0:
-                refreshes += 1
-            step += 1
-            window = cache.window(s, e, L)
-        if stop_at_eos and cfg.eos_token_id is not None and b < n_blocks - 1:
-            done = (x[:, prompt_len:e] == cfg.eos_token_id).any(-1)
+                window = None if plan.index is not None else (plan.start, L if plan.end is None else plan.end)
+                on_step(StepInfo(b, state.step, s, e, window, x, unmask, pred.conf, remask, (ts, te), plan))
+            state.step += 1
+        if stop_at_eos and cfg.eos_token_id is not None and b < state.n_blocks - 1:
+            done = (x[:, P:e] == cfg.eos_token_id).any(-1)
             if bool(done.all()):
                 x[:, e:] = cfg.eos_token_id
-                skipped = n_blocks - 1 - b
+                skipped = state.n_blocks - 1 - b
                 break
     # (x itself is not rebound: the step functions kept for replay read it)
     result = x_out.copy_(x) if static is not None else x
     return LoopOutput(x=result, nfe=nfe, nfe_per_row=nfe_row.tolist(), refreshes=refreshes,
-                      skipped_blocks=skipped, trace=records)
+                      skipped_blocks=skipped, remasked=remasked_total, trace=records, stats=dict(state.extras))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kv import KVCache
+from .kv import KVCache, Where
 from .ops import EAGER
 
 
@@ -96,19 +96,32 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * h, d, bias=False)
         self.ops = EAGER
 
-    def forward(self, x, cos, sin, attn_mask, cache: KVCache | None, layer: int, start: int):
+    def project(self, x):
+        """x (B, T, d) -> q (B, H, T, D), k and v (B, Hkv, T, D), before RoPE."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = self.ops.rotary_qk(q, k, cos, sin, self.rope_fp32)
-        if cache is not None:
-            k, v = cache.write(layer, start, k, v)  # whole cached length, (B, Hkv, L, D)
+        return q, k, v
+
+    def rotate(self, q, k, cos, sin):
+        return self.ops.rotary_qk(q, k, cos, sin, self.rope_fp32)
+
+    def attend(self, q, k, v, mask):
+        """Bidirectional attention of q (B, H, T, D) over k, v (B, Hkv, S, D); output projected (B, T, d)."""
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+        B, _, T, _ = q.shape
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x, inp: "LayerInput", layer: int):
+        q, k, v = self.project(x)
+        q, k = self.rotate(q, k, inp.cos, inp.sin)
+        if inp.cache is not None:
+            k, v = inp.cache.update(layer, k, v, inp.where)  # stored length (+ extra), (B, Hkv, S, D)
+        return self.attend(q, k, v, inp.mask)
 
 
 class MLP(nn.Module):
@@ -131,9 +144,28 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask, cache, layer, start):
-        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache, layer, start)
+    def forward(self, x, inp: "LayerInput", layer: int):
+        x = x + self.attn(self.attn_norm(x), inp, layer)
         return x + self.mlp(self.mlp_norm(x))
+
+
+@dataclass
+class LayerInput:
+    """What every layer of one forward shares besides its hidden states.
+
+    cos, sin: (B, 1, T, D) RoPE tables of the fed tokens (``positions`` (B, T)); mask: bool
+    attention mask broadcastable to (B, 1, T, S) over the attended keys, or None; cache / where:
+    the KV storage and where the fed tokens sit (``kv.Where``); rotary: tables for any other
+    positions (layer hooks that recompute a subset of rows need them).
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+    cache: KVCache | None
+    where: Where
+    positions: torch.Tensor
+    rotary: "Rotary"
 
 
 class Transformer(nn.Module):
@@ -168,28 +200,41 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         start: int = 0,
-        logits_slice: slice | None = None,
+        where: Where | None = None,
+        logits_slice: slice | torch.Tensor | None = None,
+        hooks=None,
     ) -> torch.Tensor:
         """Logits for ``input_ids`` (B, T) that sit at positions ``start .. start+T`` of the sequence.
 
-        position_ids: (B, T) RoPE positions (default ``start + arange(T)``).
-        attention_mask: (B, L) bool/0-1 over *keys* (L = T without cache, the cache length with one);
-            False marks padding that no query may attend to.
-        cache: when given, the window's K/V are written at ``start`` and attention covers the cache.
-        logits_slice: project only these (window-relative) positions to logits — the decoding loop
-            needs the current block's logits only, and the LM head is the largest matmul.
+        position_ids: (B, T) RoPE positions (default ``start + arange(T)``, or ``where.index``).
+        attention_mask: bool/0-1 over the attended keys: (B, S) (False marks padding no query may
+            attend to) or (B, T, S) per query; S = T without cache, the cache length (+ extra
+            tokens) with one.
+        cache: when given, the fed tokens' K/V are stored (see ``kv.KVCache.update``) and attention
+            covers the whole cache. where: where the fed tokens sit (default: contiguous at
+            ``start``); any per-row index set, and trailing extra queries that are not stored.
+        logits_slice: project only these fed rows to logits — a slice, or a (B, W) index — since
+            the decoding loop needs few positions and the LM head is the largest matmul.
+        hooks: an object whose ``layer(i, block, h, inp)`` replaces block ``i``'s forward (cache
+            policies that reuse a layer's attention or MLP output for some positions).
         """
         B, T = input_ids.shape
+        where = where if where is not None else Where(start=start)
         if position_ids is None:
-            position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+            position_ids = (where.index if where.index is not None and not where.n_extra else
+                            torch.arange(where.start, where.start + T, device=input_ids.device).expand(B, T))
         cos, sin = self.rotary(position_ids)
         mask = None
         if attention_mask is not None:
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+            mask = attention_mask.bool()
+            mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]  # (B, 1, 1|T, S)
+        inp = LayerInput(cos, sin, mask, cache, where, position_ids, self.rotary)
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, cache, i, start)
-        if logits_slice is not None:
+            x = hooks.layer(i, block, x, inp) if hooks is not None else block(x, inp, i)
+        if isinstance(logits_slice, torch.Tensor):
+            x = x.gather(1, logits_slice[..., None].expand(-1, -1, x.shape[-1]))
+        elif logits_slice is not None:
             x = x[:, logits_slice]
         x = self.norm(x)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
