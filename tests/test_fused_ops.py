@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dllm_bench import generate, load_model
-from dllm_bench.gpu_check import case_kwargs
+from dllm_bench.replay import fast_dllm_case as case_kwargs
 from dllm_bench.models.ops import EAGER, fused, ops_name, use_fused
 
 from fixture_paths import DREAM_TINY, LLADA_TINY

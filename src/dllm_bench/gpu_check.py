@@ -26,25 +26,13 @@ from types import SimpleNamespace
 import torch
 
 from . import bench
-from .decoding import CACHES, generate
+from . import replay
+from .decoding import CACHES, build_plugins, generate, graphs_unsupported
 from .decoding.graphs import clear_static_buffers
 from .models import build_model, load_model
 from .metrics.timing import synchronize
 from .models.loading import family_of
 from .models.ops import use_fused
-
-
-def case_kwargs(case: dict) -> dict:
-    """``generate`` keyword arguments for one case of a fixture's golden.json (LLaDA or Dream)."""
-    kw = dict(gen_length=case["gen_length"], block_length=case["block_length"], steps=case["steps"],
-              cache=case["cache"])
-    if case.get("alg", "confidence_threshold" if case.get("threshold") is not None else None) == "confidence_threshold":
-        kw.update(decoding="threshold", threshold=case["threshold"])
-    elif case.get("factor") is not None:
-        kw.update(decoding="factor", factor=case["factor"])
-    else:
-        kw.update(decoding="fixed")
-    return kw
 
 
 VARIANTS = {"eager": (False, False), "graphs": (True, False), "fused": (False, True), "graphs+fused": (True, True)}
@@ -70,15 +58,27 @@ def guarded(report: dict, what: str, fn) -> None:
 
 
 def golden_cases(fixtures: Path, device, graphs: bool, fused: bool = False) -> dict:
+    """Every golden file under ``fixtures`` replayed on ``device`` (float32). Method files whose
+    plugins have no static path are replayed only when ``graphs`` is off."""
     out = {}
-    for folder in sorted(p for p in fixtures.iterdir() if (p / "golden.json").exists()):
-        golden = json.loads((folder / "golden.json").read_text())
-        model = use_fused(load_model(folder, device=device, dtype=torch.float32), fused)
-        ok = 0
-        for case in golden["cases"]:
-            res = generate(model, torch.tensor([case["prompt_ids"]]), graphs=graphs, **case_kwargs(case))
-            ok += res.tokens[0].tolist() == case["expected_tokens"] and res.nfe == case.get("expected_nfe", res.nfe)
-        out[folder.name] = {"match": ok, "cases": len(golden["cases"])}
+    files = sorted(fixtures.glob("*/golden.json")) + sorted(fixtures.glob("methods/*.json"))
+    models: dict = {}
+    for path in files:
+        data = replay.load(path)
+        adapter = replay.adapter_for(data, path)
+        ok = n = 0
+        for case in data["cases"]:
+            name = case.get("checkpoint") or data.get("checkpoint")
+            if name not in models:
+                models[name] = use_fused(load_model(fixtures / name, device=device, dtype=torch.float32), fused)
+            kw = adapter(case)
+            if graphs and graphs_unsupported(*build_plugins(kw["cache"], kw["decoding"])):
+                continue
+            n += 1
+            ok += replay.run_case(models[name], case, adapter, graphs=graphs).ok
+        if n:
+            out[f"{path.parent.name}/{path.stem}" if path.parent.name == "methods" else path.parent.name] = \
+                {"match": ok, "cases": n}
     return out
 
 

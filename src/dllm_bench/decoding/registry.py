@@ -158,3 +158,18 @@ def from_spec(registry: Registry, spec) -> Plugin:
     if name is not None and name != cls.name:
         raise ValueError(f"{registry.kind} name {name!r} does not match _target_ {target!r} (registered as {cls.name!r})")
     return registry.build(cls, **args)
+
+
+# --------------------------------------------------------------------------- golden files
+GOLDEN_ADAPTERS: dict = {}
+
+
+def golden_adapter(method: str):
+    """Register the function that maps one case of a golden file of ``method`` (its ``params``,
+    in the reference's own argument names) to ``generate`` keyword arguments. It may also set
+    ``attention_mask`` and ``expect_stats`` ({stat: value} compared with ``GenerationResult.stats``).
+    Lives beside the plugin it exercises; ``dllm_bench.replay`` finds it by the file's ``method``."""
+    def deco(fn):
+        GOLDEN_ADAPTERS[method] = fn
+        return fn
+    return deco
