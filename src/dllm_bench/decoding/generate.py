@@ -25,9 +25,9 @@ class GenerationResult:
     nfe_per_row: each row's own count (what it costs at batch size 1); refreshes: forwards that
     refreshed the cache (block starts); skipped_blocks: blocks left undecoded by ``stop_at_eos``
     (filled with EOS); nfe_saved: forwards those blocks would have needed at least (their
-    refresh, or their whole step budget under fixed decoding); remasked: decoded tokens turned
-    back to mask (rules that re-mask); stats: plugins' own counters; trace: per-step records when
-    ``trace=True``."""
+    refresh, or their whole step budget under fixed decoding); remasked_per_row: decoded tokens
+    turned back to mask in each row (rules that re-mask); stats: plugins' own counters for the
+    batch; trace: per-step records when ``trace=True``."""
 
     tokens: torch.Tensor
     nfe: int
@@ -35,7 +35,7 @@ class GenerationResult:
     refreshes: int
     skipped_blocks: int = 0
     nfe_saved: int = 0
-    remasked: int = 0
+    remasked_per_row: list[int] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     trace: list[dict] | None = None
 
@@ -207,5 +207,5 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = N
     per_block = state.steps_per_block if rule.uses_steps and not rule.exit_when_done else 1
     return GenerationResult(tokens=out.x[:, P:], nfe=out.nfe, nfe_per_row=out.nfe_per_row,
                             refreshes=out.refreshes, skipped_blocks=out.skipped_blocks,
-                            nfe_saved=out.skipped_blocks * (per_block or 1), remasked=out.remasked,
+                            nfe_saved=out.skipped_blocks * (per_block or 1), remasked_per_row=out.remasked_per_row,
                             stats=out.stats, trace=out.trace)

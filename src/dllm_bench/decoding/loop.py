@@ -46,7 +46,7 @@ class LoopOutput:
     nfe_per_row: list[int]
     refreshes: int
     skipped_blocks: int = 0
-    remasked: int = 0
+    remasked_per_row: list[int] = field(default_factory=list)
     trace: list[dict] | None = None
     stats: dict = field(default_factory=dict)
 
@@ -173,8 +173,9 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
     forward = _Forward(state, kv)
     can_exit = cache.early_exit or rule.exit_when_done
     forces_first = profile.refresh_forces_first and state.blocked
-    nfe = refreshes = skipped = remasked_total = 0
+    nfe = refreshes = skipped = 0
     nfe_row = torch.zeros(B, dtype=torch.long, device=x.device)
+    remasked_row = torch.zeros(B, dtype=torch.long, device=x.device)
     records: list[dict] | None = [] if trace else None
     cache.setup(state)
     rule.setup(state)
@@ -234,7 +235,7 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
             if decision.remask is not None:
                 remask = decision.remask & (tgt != mask_id) & ~unmask
                 new = new.masked_fill(remask, mask_id)
-                remasked_total += int(remask.sum())
+                remasked_row += remask.sum(-1)
             tgt.copy_(new)  # no host sync
             cache.after_step(state, plan)
             if records is not None:
@@ -257,4 +258,5 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
     # (x itself is not rebound: the step functions kept for replay read it)
     result = x_out.copy_(x) if static is not None else x
     return LoopOutput(x=result, nfe=nfe, nfe_per_row=nfe_row.tolist(), refreshes=refreshes,
-                      skipped_blocks=skipped, remasked=remasked_total, trace=records, stats=dict(state.extras))
+                      skipped_blocks=skipped, remasked_per_row=remasked_row.tolist(), trace=records,
+                      stats=dict(state.extras))

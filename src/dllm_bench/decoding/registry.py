@@ -22,6 +22,9 @@ class Plugin:
 
     name: ClassVar[str] = "?"
     kind: ClassVar[str] = "plugin"
+    # for the contract tests (tests/test_contract.py), which test every registered plugin:
+    example_args: ClassVar[dict] = {}       # valid arguments that make a tiny model take several steps
+    bad_args: ClassVar[tuple[dict, ...]] = ()  # argument sets that must fail at construction
 
     def __post_init__(self):
         self.check()

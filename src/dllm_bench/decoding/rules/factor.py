@@ -14,6 +14,9 @@ from .base import Rule, top_k
 @RULES.register("factor")
 @dataclass(kw_only=True)
 class Factor(Rule):
+    example_args = {"factor": 1.0}
+    bad_args = ({"factor": 0}, {"factor": -1.0}, {"factor": float("inf")})
+
     factor: float
 
     def check(self):

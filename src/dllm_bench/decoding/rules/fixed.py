@@ -18,6 +18,9 @@ from .base import Rule, even_quota, top_k
 @RULES.register("fixed")
 @dataclass(kw_only=True)
 class Fixed(Rule):
+    example_args = {}
+    bad_args = ({"temperature": -1.0}, {"remasking": "lowest"}, {"temperature": float("nan")})
+
     uses_steps = True
     exit_when_done = False  # the reference loops call the model `steps` times
 

@@ -19,6 +19,9 @@ from .base import Rule, first_plus, top_k
 @RULES.register("threshold")
 @dataclass(kw_only=True)
 class Threshold(Rule):
+    example_args = {"threshold": 0.7}
+    bad_args = ({"threshold": 0.0}, {"threshold": 1.5}, {"threshold": float("nan")})
+
     threshold: float
 
     def check(self):
