@@ -3,8 +3,8 @@
 The Hydra app (``run.py``) composes ``conf/config.yaml`` on top of ``RunConfig``: one group per
 ablation axis (model, cache, decoding, task, logger), each merged into its typed node, so a
 misspelled key or a wrong type fails at composition. ``validate`` then checks what types cannot
-(block_length divides gen_length, threshold in (0, 1], known cache / decoding names) and raises one
-``ValueError`` naming every bad value, before anything expensive happens.
+(block_length divides gen_length, threshold in (0, 1], finite numbers, known cache / decoding names)
+and raises one ``ValueError`` naming every bad value, before anything expensive happens.
 
 Importing this module registers the schemas in Hydra's ConfigStore and the ``dllm_job_dir``
 resolver used by ``conf/config.yaml`` for job folder names.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -170,13 +171,26 @@ def validate(cfg) -> None:
     if s is None and cfg.decoding.name == "fixed":
         bad.append("steps is required with decoding=fixed")
     d = cfg.decoding
+    # the top-level aliases only where the decoding does not read them (else reported as decoding.*)
+    floats = {"threshold": cfg.threshold if d.threshold is None else None,
+              "factor": cfg.factor if d.factor is None else None,
+              "decoding.threshold": d.threshold, "decoding.factor": d.factor, "decoding.temperature": d.temperature}
+    not_finite = {k for k, v in floats.items() if v is not None and not math.isfinite(v)}
+    bad += [f"{k}={floats[k]} must be a finite number" for k in sorted(not_finite)]
     # each rule reads only its own parameter; the decoding yaml sets the others to null
-    if d.threshold is not None and not 0 < d.threshold <= 1:
+    if d.threshold is not None and "decoding.threshold" not in not_finite and not 0 < d.threshold <= 1:
         bad.append(f"decoding.threshold={d.threshold} must be in (0, 1]")
-    if d.factor is not None and not d.factor > 0:
+    if d.factor is not None and "decoding.factor" not in not_finite and not d.factor > 0:
         bad.append(f"decoding.factor={d.factor} must be > 0")
-    if d.temperature < 0:
+    if d.temperature < 0 and "decoding.temperature" not in not_finite:
         bad.append(f"decoding.temperature={d.temperature} must be >= 0")
+    m = cfg.metrics
+    least = 1 if m.kv_similarity else 0
+    if m.kv_similarity_samples < least:
+        bad.append(f"metrics.kv_similarity_samples={m.kv_similarity_samples} must be >= {least}"
+                   + (" with metrics.kv_similarity=true" if least else ""))
+    if m.kv_heatmap_prompt_tokens < 0:
+        bad.append(f"metrics.kv_heatmap_prompt_tokens={m.kv_heatmap_prompt_tokens} must be >= 0")
     if cfg.graphs and (d.temperature > 0 or d.remasking != "low_confidence"):
         bad.append(f"graphs=true needs deterministic steps (decoding.temperature=0, low_confidence "
                    f"remasking), got temperature={d.temperature}, remasking={d.remasking}")
