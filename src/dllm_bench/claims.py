@@ -11,9 +11,11 @@ finds a live claim skips the cell (``run_job`` says so and returns); the owner w
 into the sweep folder, where the next run finds it.
 
 With ``watch=True`` the job also registers in a per-host folder (``DLLM_BENCH_JOBS_DIR``, default
-``<tmp>/dllm_bench-jobs``); the heartbeat thread notes the other live jobs registered there and the
-1-minute load average, which ``sharing()`` returns for results.json. Both are samples (at the
-start, every heartbeat and the end): a job shorter than a heartbeat that ran in between is missed.
+``<tmp>/dllm_bench-jobs``): one file per job with its start time, touched at every heartbeat and
+given its end time at release (kept ``KEEP_S``, for the jobs it overlapped). ``sharing()`` lists
+the other jobs of this host whose run overlapped this one (a killed job's run ends at its last
+heartbeat), the most of them that ran at once, and the highest 1-minute load average seen
+(sampled at the start, every heartbeat and the end; it counts this job too).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from .results import atomic_write_text
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 20.0
 STALE_S = 120.0
+KEEP_S = 86400.0
 CLAIMS = ".claims"
 
 
@@ -56,6 +59,16 @@ def pid_alive(pid: int) -> bool:
 
 def describe(owner: dict) -> str:
     return f"{owner.get('host')}:{owner.get('pid')} ({owner.get('job')})"
+
+
+def most_at_once(runs: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) intervals that overlap at one moment."""
+    events = sorted([(s, 1) for s, _ in runs] + [(e, -1) for _, e in runs])  # ends first on ties
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
 
 
 def _pid(owner: dict | None) -> int:
@@ -85,9 +98,7 @@ class Claim:
         self.path = self.dir / f"{key}.json"
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "job": job,
                       "started": time.time(), "token": uuid.uuid4().hex}
-        self.watch, self.lost = watch, False
-        self.others: set[str] = set()
-        self.others_max, self.load_max = 0, 0.0
+        self.watch, self.lost, self.load_max = watch, False, 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._entry: Path | None = None
@@ -115,7 +126,7 @@ class Claim:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         if self.watch:
             self._register()
-        self._observe()
+        self._sample_load()
         self._thread = threading.Thread(target=self._beat, name="dllm-bench-claim", daemon=True)
         self._thread.start()
         return None
@@ -134,48 +145,58 @@ class Claim:
                 self.lost = True
                 log.warning(f"[claim] {self.owner['job']}: another launcher took this cell's claim "
                             f"(this process missed its heartbeats); both will write a result")
-            self._observe()
+            if self._entry is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(self._entry)
+            self._sample_load()
 
     def _register(self) -> None:
+        reg = _registry()
         try:
-            reg = _registry()
             if not reg.is_dir():
                 reg.mkdir(parents=True, exist_ok=True)
                 reg.chmod(0o1777)  # shared by every user of the host, like /tmp
-            self._entry = reg / f"{self.owner['host']}-{self.owner['pid']}.json"
-            atomic_write_text(self._entry, json.dumps(self.owner) + "\n")
-        except OSError as e:
-            log.warning(f"[claim] cannot register in {_registry()} ({e}); other jobs on this host are not tracked")
-            self._entry = None
-
-    def _observe(self) -> None:
-        if not self.watch:
-            return
-        live = set()
-        if self._entry is not None:
-            for f in self._entry.parent.glob("*.json"):
-                other = _read(f)
-                if f == self._entry or other is None or other.get("host") != self.owner["host"]:
-                    continue
-                if pid_alive(_pid(other)):
-                    live.add(describe(other))
-                else:  # a job killed before it could unregister (another user's: not ours to remove)
+            now = time.time()
+            for f, _, _, end in self._registered():
+                if now - end > KEEP_S:  # another user's file is not ours to remove
                     with contextlib.suppress(OSError):
-                        f.unlink(missing_ok=True)
-        self.others |= live
-        self.others_max = max(self.others_max, len(live))
+                        f.unlink()
+            entry = reg / f"{self.owner['host']}-{self.owner['pid']}-{self.owner['token'][:12]}.json"
+            atomic_write_text(entry, json.dumps(self.owner) + "\n")
+            self._entry = entry
+        except OSError as e:
+            log.warning(f"[claim] cannot register in {reg} ({e}); other jobs on this host are not tracked")
+
+    def _registered(self):
+        """(file, owner record, start, end) of every other job registered on this host; a running
+        job ends now, a killed one at its last heartbeat."""
+        now = time.time()
+        for f in _registry().glob("*.json"):
+            other = _read(f)
+            if other is None or other.get("token") == self.owner["token"] or other.get("host") != self.owner["host"]:
+                continue
+            try:
+                end = other.get("ended") or (now if pid_alive(_pid(other)) else f.stat().st_mtime)
+                yield f, other, float(other.get("started") or 0), float(end)
+            except (OSError, TypeError, ValueError):
+                continue
+
+    def _sample_load(self) -> None:
         if hasattr(os, "getloadavg"):
             self.load_max = max(self.load_max, os.getloadavg()[0])
 
     def sharing(self) -> dict:
         """What shared this host with the job so far (see module doc)."""
-        self._observe()
-        return {"other_jobs": sorted(self.others), "other_jobs_max": self.others_max,
-                "load_1m_max": round(self.load_max, 2), "cpus": os.cpu_count(),
-                "tracked": self._entry is not None}
+        self._sample_load()
+        lo, hi = self.owner["started"], time.time()
+        runs = [(describe(o), max(lo, start), min(hi, end))
+                for _, o, start, end in (self._registered() if self._entry is not None else ())]
+        runs = [r for r in runs if r[1] < r[2]]
+        return {"other_jobs": sorted({r[0] for r in runs}), "other_jobs_max": most_at_once([r[1:] for r in runs]),
+                "load_1m_max": round(self.load_max, 2), "cpus": os.cpu_count(), "tracked": self._entry is not None}
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the claim (if still ours) and the host registration."""
+        """Stop the heartbeat, remove the claim (if still ours), record the end in the host registry."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -187,4 +208,5 @@ class Claim:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         if self._entry is not None:
-            self._entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                atomic_write_text(self._entry, json.dumps(dict(self.owner, ended=time.time())) + "\n")
