@@ -112,7 +112,7 @@ def test_heartbeat_renews_and_notices_a_takeover(tmp_path, monkeypatch, caplog):
 
 
 def test_pid_alive():
-    assert C.pid_alive(os.getpid()) and not C.pid_alive(0) and not C.pid_alive(-1)
+    assert C.pid_alive(os.getpid()) and not C.pid_alive(0) and not C.pid_alive(-1) and not C.pid_alive(10**30)
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.time() + 10
     while time.time() < deadline and Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
