@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from dllm_bench.config import ConfigError, check_override_keys  # importing registers the schemas
-from dllm_bench.job import run_job
+from dllm_bench.job import ResultsWriteError, run_job
 
 ROOT = Path(__file__).resolve().parent
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 def main(cfg) -> None:
     try:
         run_job(cfg, job_dir=HydraConfig.get().runtime.output_dir, root=ROOT)
-    except ConfigError as e:
+    except (ConfigError, ResultsWriteError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

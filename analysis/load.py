@@ -193,7 +193,10 @@ def _read_job(job_path: Path, sweep_dir: Path) -> dict:
         return row
     try:
         res = json.loads(results_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        if not isinstance(res, dict) or not all(isinstance(res.get(k) or {}, dict)
+                                                for k in ("config", "metrics", "env")):
+            raise ValueError("not a results object (docs/results_schema.md)")
+    except (OSError, ValueError) as exc:
         row.update(status="failed", error=f"results.json unreadable: {exc}")
         return row
     row.update(_config_columns(res.get("config") or {}))

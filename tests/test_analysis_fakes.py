@@ -148,8 +148,11 @@ def make_sweep(root: Path, name: str, sweep: list[str], fixed: list[str] = (), *
             continue
         results = fake_results(cfg, name, random.Random(f"{name}/{i}"), failed=i in failed,
                                kv=i in kv_jobs)
-        (job / "results.json").write_text(json.dumps(results, indent=2))
         write_samples(job / "samples.jsonl", results)
+        data = (job / "samples.jsonl").read_bytes()  # results.json last, describing its samples
+        results["samples"] = {"count": data.count(b"\n"), "bytes": len(data),
+                              "sha256": hashlib.sha256(data).hexdigest()}
+        (job / "results.json").write_text(json.dumps(results, indent=2))
         csv_rows.append({"job_dir": job.name, "status": results["status"],
                          "config_hash": results["config_hash"], **_flat(cfg),
                          **_flat(results["metrics"], "metrics.")})
@@ -169,6 +172,7 @@ def fake_results(cfg: dict, sweep: str, rng: random.Random, *, failed=False, kv=
         "env": {"device_name": "cpu", "torch": "2.13.0", "cuda": None, "transformers": "4.99",
                 "dllm_bench": "0.1.0", "git_commit": "abc123", "hostname": "testhost",
                 "python": "3.11.7"},
+        "sharing": {"other_jobs": [], "other_jobs_max": 0, "load_1m_max": 1.0, "cpus": 8, "tracked": True},
         "started_at": "2026-11-27T06:00:00Z", "finished_at": "2026-11-27T06:01:00Z",
     }
     if kv and not failed:

@@ -3,7 +3,8 @@
 The Hydra app (``run.py``) composes ``conf/config.yaml`` on top of ``RunConfig``: one group per
 ablation axis (model, cache, decoding, task, logger). Typed nodes fail at composition on a
 misspelled key or a wrong type; the cache and decoding nodes are the plugins' own arguments, checked
-by building the plugins (``decoding.registry.from_spec``: unknown arguments, ranges). ``validate``
+by building the plugins (``decoding.registry.from_spec``: unknown arguments, ranges, finite
+numbers). ``validate``
 raises one ``ValueError`` naming every bad value, before anything expensive happens.
 
 Importing this module registers the schemas in Hydra's ConfigStore and the ``dllm_job_dir``
@@ -205,6 +206,16 @@ def validate(cfg) -> None:
         bad.append(f"cfg_scale={cfg.cfg_scale} must be a finite number >= 0")
     if cfg.graphs and cache is not None and rule is not None:
         bad.append((why := graphs_unsupported(cache, rule, cfg.cfg_scale)) and f"graphs=true {why}")
+    for alias in ("threshold", "factor"):  # top-level aliases the rule does not read (else it reports them)
+        if alias not in cfg.decoding and not math.isfinite(cfg[alias]):
+            bad.append(f"{alias}={cfg[alias]} must be a finite number")
+    m = cfg.measure
+    least = 1 if m.kv_similarity else 0
+    if m.kv_similarity_samples < least:
+        bad.append(f"measure.kv_similarity_samples={m.kv_similarity_samples} must be >= {least}"
+                   + (" with measure.kv_similarity=true" if least else ""))
+    if m.kv_heatmap_prompt_tokens < 0:
+        bad.append(f"measure.kv_heatmap_prompt_tokens={m.kv_heatmap_prompt_tokens} must be >= 0")
     if cfg.batch_size < 1:
         bad.append(f"batch_size={cfg.batch_size} must be >= 1")
     if cfg.n_samples is not None and cfg.n_samples < 1:

@@ -2,15 +2,20 @@
 through the engine, score, measure, write results.json / samples.jsonl / sweep.csv, mirror to the
 logger.
 
-Bad configuration (an invalid value, an unknown task argument, a missing model folder) raises
-before anything is written or loaded. Anything that goes wrong after that is recorded: the job
-writes ``status: failed`` with the error and returns normally, so a sweep goes on and a rerun
-retries it. A job whose config hash already has ``status: ok`` in the sweep folder is skipped
-unless ``force=true``. Nothing here branches on a cache or decoding name: they are passed through
-to ``generate``.
+Bad configuration (an invalid value, an unknown task argument, a missing model folder, a local
+checkpoint whose config.json or shard index is wrong) raises ``ConfigError`` before anything is
+written or loaded. Anything that goes wrong after that is recorded: the job writes ``status:
+failed`` with the error and returns normally, so a sweep goes on and a rerun retries it; only a
+failure to write the results themselves raises (``ResultsWriteError``, the job's outcome in its
+message). A job whose config hash already has a trusted ``status: ok`` result in the sweep folder
+(``results.load_job``) is skipped unless ``force=true``, after re-logging it if its logger run is
+missing; a cell another launcher is computing is skipped too (``claims``). Every path rebuilds
+sweep.csv. Nothing here branches on a cache or decoding name: they are passed through to
+``generate``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,13 +29,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from . import generate, load_model, load_tokenizer
+from .claims import Claim, describe
 from .config import RUN_ONLY_KEYS, ConfigError, build_plugins, validate
 from .logging_wandb import NullLogger
 from .metrics.kv_similarity import KVSimilarity
 from .metrics.timing import Stopwatch, latency_stats, peak_memory_bytes, reset_peak
-from .models.loading import resolve_dtype
+from .models.loading import check_checkpoint, resolve_dtype
 from .models.ops import use_fused
-from .results import SCHEMA_VERSION, config_hash, env_stamp, find_done, rebuild_sweep_table, utc_now, write_job
+from .results import (RESULTS, SCHEMA_VERSION, atomic_write_text, config_hash, env_stamp, find_done, mark_mirrored,
+                      mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
 from .tasks import decode_generated, encode_prompt, score_all
 
 log = logging.getLogger(__name__)
@@ -144,44 +151,121 @@ def _summary(res: dict, job: str) -> str:
     return f"[ok] {job}: " + " ".join(parts) + f" n={m['n_samples']}"
 
 
-def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict:
-    """Run one sweep cell into ``job_dir`` (whose parent is the sweep folder); returns results.json's dict.
+class ResultsWriteError(RuntimeError):
+    """A job's results could not be written (e.g. a full disk); the message keeps the job's outcome."""
+
+
+def _check_model(model_path: str) -> None:
+    """A local checkpoint's config.json and weight files, checked before anything is written
+    (a hub id is checked by ``load_model`` once downloaded)."""
+    if Path(model_path).is_dir():
+        try:
+            check_checkpoint(model_path)
+        except (ValueError, OSError) as e:
+            raise ConfigError(str(e)) from None
+
+
+def _mirror(logger, key: str | None, res: dict, rows: list[dict], job_dir: Path) -> None:
+    logger.log_job(res, rows, job_dir)
+    if key is not None:  # the run is complete: a later skip need not log it again
+        mark_mirrored(job_dir, key)
+
+
+def _skip(done: tuple[str, dict], sweep_dir: Path, job: str, logger, key: str | None) -> dict:
+    """A finished job: re-log it when its logger run is missing (killed between results.json and
+    the logger; done under the cell's claim so two launchers do not both log it); rebuild sweep.csv."""
+    folder, res = sweep_dir / done[0], done[1]
+    log.info(f"[skip] {job}: config {res['config_hash'][:10]} already ok in {folder}")
+    if key is not None and not mirrored(folder, key):
+        claim = Claim(sweep_dir, res["config_hash"], job)
+        if claim.acquire() is None:
+            try:
+                if not mirrored(folder, key):
+                    log.info(f"[relog] {job}: {key} has no complete run of this result; logging it from disk")
+                    _mirror(logger, key, res, read_samples(folder), folder)
+            finally:
+                claim.release()
+    rebuild_sweep_table(sweep_dir)
+    return res
+
+
+def _write_failed(job_dir: Path, results: dict, err: OSError) -> ResultsWriteError:
+    """Keep the error of a failed write: logged, in the exception and, when a small file still fits,
+    in a ``status: failed`` results.json (so the job is retried and its outcome not lost)."""
+    outcome = "finished ok" if results["status"] == "ok" else f"had failed: {results['error']}"
+    msg = f"could not write the results of {job_dir} ({type(err).__name__}: {err}); the job {outcome}"
+    log.error(msg)
+    stub = {k: v for k, v in results.items() if k != "samples"}
+    stub.update(status="failed", error=msg)
+    try:
+        atomic_write_text(job_dir / RESULTS, json.dumps(stub, indent=2, default=str) + "\n")
+    except OSError:
+        pass
+    return ResultsWriteError(msg)
+
+
+def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | None:
+    """Run one sweep cell into ``job_dir`` (whose parent is the sweep folder); returns results.json's
+    dict, or None when another launcher holds the cell's claim (it is skipped here; see ``claims``).
 
     root: the project root, against which relative model paths resolve.
     """
     job_dir = Path(job_dir)
     sweep_dir = job_dir.parent
+    launched = utc_now()
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config, RUN_ONLY_KEYS)
-    done = None if cfg.force else find_done(sweep_dir, chash)
+    logger = instantiate(cfg.logger) if cfg.logger else NullLogger()
+    key = None if isinstance(logger, NullLogger) else cfg.logger._target_
+    done = None if cfg.force else find_done(sweep_dir, chash, job_dir)
     if done is not None:
-        log.info(f"[skip] {job_dir.name}: config {chash[:10]} already ok in {sweep_dir / done[0]}")
-        return done[1]
+        return _skip(done, sweep_dir, job_dir.name, logger, key)
     try:
         task = instantiate(cfg.task)          # bad task arguments fail here, before the model
     except Exception as e:
         cause = e.__cause__ or e
         raise ConfigError(f"task {cfg.task.name!r}: {type(cause).__name__}: {cause}") from e
     model_path = resolve_model_path(cfg.model.path, root)
-    logger = instantiate(cfg.logger) if cfg.logger else NullLogger()
-    set_threads(cfg)
-    torch.manual_seed(cfg.seed)
+    _check_model(model_path)
 
-    results = {"schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "sweep": cfg.sweep_name,
-               "config": config, "config_hash": chash, "metrics": {}, "env": env_stamp(cfg.device),
-               "started_at": utc_now()}
-    rows: list[dict] = []
+    claim = Claim(sweep_dir, chash, job_dir.name, watch=True)
+    holder = claim.acquire()
+    if holder is not None:
+        log.info(f"[busy] {job_dir.name}: {describe(holder)} is computing this cell; skipped here, "
+                 f"its result will be in {sweep_dir}")
+        rebuild_sweep_table(sweep_dir)
+        return None
     try:
-        results["metrics"], rows, kv_sim = _measure(cfg, task, model_path)
-        if kv_sim is not None:
-            results["kv_similarity"] = kv_sim
-    except Exception as e:  # recorded, not raised: the sweep goes on and a rerun retries this job
-        log.error(f"job {job_dir.name} failed:\n{traceback.format_exc()}")
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
-    results["finished_at"] = utc_now()
-    write_job(job_dir, results, rows)
-    rebuild_sweep_table(sweep_dir)
-    logger.log_job(results, rows, job_dir)
-    log.info(_summary(results, job_dir.name))
-    return results
+        done = find_done(sweep_dir, chash, warn=False)  # finished by another launcher meanwhile?
+        if done is not None and (not cfg.force or str(done[1].get("finished_at")) >= launched):
+            return _skip(done, sweep_dir, job_dir.name, NullLogger(), None)
+        set_threads(cfg)
+        torch.manual_seed(cfg.seed)
+        results = {"schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "sweep": cfg.sweep_name,
+                   "config": config, "config_hash": chash, "metrics": {}, "env": env_stamp(cfg.device),
+                   "started_at": utc_now()}
+        rows: list[dict] = []
+        try:
+            results["metrics"], rows, kv_sim = _measure(cfg, task, model_path)
+            if kv_sim is not None:
+                results["kv_similarity"] = kv_sim
+        except Exception as e:  # recorded, not raised: the sweep goes on and a rerun retries this job
+            log.error(f"job {job_dir.name} failed:\n{traceback.format_exc()}")
+            results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        results["sharing"] = claim.sharing()
+        results["finished_at"] = utc_now()
+        try:
+            write_job(job_dir, results, rows)
+        except OSError as e:
+            raise _write_failed(job_dir, results, e) from e
+        try:
+            rebuild_sweep_table(sweep_dir)
+        except OSError as e:
+            raise ResultsWriteError(f"results of {job_dir} are written but {sweep_dir / 'sweep.csv'} "
+                                    f"is not ({type(e).__name__}: {e}); the next run rebuilds it") from e
+        _mirror(logger, key, results, rows, job_dir)
+        log.info(_summary(results, job_dir.name))
+        return results
+    finally:
+        claim.release()

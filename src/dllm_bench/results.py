@@ -1,9 +1,14 @@
-"""Results on disk (the contract of docs/results_schema.md): atomic writes, config hash, env stamp.
+"""Results on disk (the contract of docs/results_schema.md): atomic writes, config hash, env stamp,
+and the checks that decide whether a job folder holds a finished job.
 
 Every file is written to a temp file in the same folder and renamed over the target, so a job
-killed mid-write leaves either the previous file or the new one, never half of one. The sweep
-table ``sweep.csv`` is rebuilt from every ``*/results.json`` of the sweep folder under a file lock,
-so parallel jobs never lose each other's rows.
+killed mid-write leaves either the previous file or the new one, never half of one. A job writes
+``samples.jsonl`` first and ``results.json`` last; results.json records the row count, size and
+sha256 of the samples it describes, so it is the commit marker of both. ``load_job`` trusts a
+folder only when results.json is a well-formed object and its samples match; anything else is
+reported as a one-line problem and the job is computed again. The sweep table ``sweep.csv`` is
+rebuilt from every valid ``*/results.json`` of the sweep folder under a file lock, so parallel jobs
+never lose each other's rows.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import socket
@@ -23,8 +29,10 @@ from typing import Any, Iterable
 
 from .metrics.timing import cpu_name
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-RESULTS, SAMPLES, SWEEP_TABLE = "results.json", "samples.jsonl", "sweep.csv"
+RESULTS, SAMPLES, SWEEP_TABLE, MIRRORED = "results.json", "samples.jsonl", "sweep.csv", ".mirrored.json"
+STATUSES = ("ok", "failed")
 
 
 def utc_now() -> str:
@@ -101,30 +109,138 @@ def env_stamp(device: str = "cpu") -> dict[str, Any]:
 
 
 def write_job(job_dir: str | Path, results: dict, samples: list[dict]) -> Path:
-    """Write ``samples.jsonl`` then ``results.json`` (last: its presence marks a finished job)."""
+    """Write ``samples.jsonl`` then ``results.json`` (last: the commit marker of both). Adds
+    ``results["samples"]``: the rows' count, byte size and sha256, checked by ``load_job``."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job_dir / SAMPLES, "".join(json.dumps(s, default=str) + "\n" for s in samples))
+    text = "".join(json.dumps(s, default=str) + "\n" for s in samples).encode()
+    results["samples"] = {"count": len(samples), "bytes": len(text), "sha256": hashlib.sha256(text).hexdigest()}
+    atomic_write_text(job_dir / SAMPLES, text.decode())
     return atomic_write_text(job_dir / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
 
 
-def read_results(sweep_dir: str | Path) -> list[tuple[str, dict]]:
-    """(job folder name, results) for every readable ``<job>/results.json`` in the sweep folder."""
+def _schema_problem(res) -> str | None:
+    if not isinstance(res, dict):
+        return f"{RESULTS} holds a JSON {type(res).__name__}, not an object"
+    if res.get("status") not in STATUSES:
+        return f"{RESULTS} has status {res.get('status')!r} (expected one of {', '.join(STATUSES)})"
+    for key, kind in (("config_hash", str), ("config", dict), ("metrics", dict)):
+        if not isinstance(res.get(key), kind):
+            return f"{RESULTS} has no {key} {kind.__name__}"
+    if "samples" in res:
+        rec = res["samples"]
+        if not (isinstance(rec, dict) and all(isinstance(rec.get(k), int) for k in ("count", "bytes"))
+                and isinstance(rec.get("sha256"), str)):
+            return f"{RESULTS} has a malformed samples record {rec!r}"
+    return None
+
+
+def _samples_problem(job_dir: Path, res: dict, full: bool) -> str | None:
+    """Does samples.jsonl match what results.json says? ``full``: hash it (else: size only).
+    Results written before the samples record existed are checked by row count and JSON."""
+    path = job_dir / SAMPLES
+    try:
+        data = path.read_bytes() if full or "samples" not in res else None
+        size = path.stat().st_size
+    except OSError:
+        return f"{SAMPLES} is missing or unreadable"
+    rec = res.get("samples")
+    if rec is not None:
+        if size != rec["bytes"]:
+            return f"{SAMPLES} has {size} bytes, {RESULTS} says {rec['bytes']}"
+        if full and hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            return f"{SAMPLES} does not match the sha256 recorded in {RESULTS}"
+        return None
+    lines = data.splitlines()
+    try:
+        if not all(isinstance(json.loads(line), dict) for line in lines):
+            raise ValueError
+    except ValueError:
+        return f"{SAMPLES} holds a line that is not a JSON object"
+    if len(lines) != res["metrics"].get("n_samples"):
+        return f"{SAMPLES} has {len(lines)} rows, {RESULTS} says {res['metrics'].get('n_samples')}"
+    return None
+
+
+def load_job(job_dir: str | Path, full: bool = True) -> tuple[dict | None, str | None]:
+    """(results, None) for a job folder that can be trusted, (None, None) for one without
+    results.json, (whatever was read, problem) otherwise. The samples of an ok job must match the
+    record in results.json (``full``: by sha256, else by size); a failed job's samples are not used."""
+    job_dir = Path(job_dir)
+    try:
+        text = (job_dir / RESULTS).read_text()
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"{RESULTS} is unreadable ({type(e).__name__}: {e})"
+    try:
+        res = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"{RESULTS} is not valid JSON ({e})"
+    problem = _schema_problem(res)
+    if problem is None and res["status"] == "ok":
+        problem = _samples_problem(job_dir, res, full)
+    return res, problem
+
+
+def read_samples(job_dir: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(job_dir) / SAMPLES).read_text().splitlines()]
+
+
+def read_results(sweep_dir: str | Path, full: bool = False) -> list[tuple[str, dict]]:
+    """(job folder name, results) for every trusted ``<job>/results.json`` in the sweep folder
+    (``load_job``; samples checked by size unless ``full``)."""
     out = []
     for f in sorted(Path(sweep_dir).glob(f"*/{RESULTS}")):
-        try:
-            out.append((f.parent.name, json.loads(f.read_text())))
-        except (OSError, json.JSONDecodeError):
-            continue  # another job's file being replaced; it is rebuilt at that job's end
+        res, problem = load_job(f.parent, full)
+        if res is not None and problem is None:
+            out.append((f.parent.name, res))
     return out
 
 
-def find_done(sweep_dir: str | Path, chash: str) -> tuple[str, dict] | None:
-    """The first job of the sweep folder with this config hash and ``status: ok``, if any."""
-    for job, res in read_results(sweep_dir):
-        if res.get("config_hash") == chash and res.get("status") == "ok":
-            return job, res
+def find_done(sweep_dir: str | Path, chash: str, job_dir: str | Path | None = None,
+              warn: bool = True) -> tuple[str, dict] | None:
+    """The first trusted job of the sweep folder with this config hash and ``status: ok``, if any.
+    When there is none (and ``warn``), each folder that claims this hash (or is ``job_dir``) but
+    cannot be trusted gets a one-line warning: it is about to be computed again."""
+    problems = []
+    for f in sorted(Path(sweep_dir).glob(f"*/{RESULTS}")):
+        res, problem = load_job(f.parent, full=False)
+        ours = isinstance(res, dict) and res.get("config_hash") == chash
+        if problem is None and ours and res["status"] == "ok":
+            res, problem = load_job(f.parent, full=True)
+            if problem is None:
+                return f.parent.name, res
+        if problem is not None and (ours or (job_dir is not None and f.parent == Path(job_dir))):
+            problems.append(f"[redo] {f.parent.name}: {problem}; computing it again")
+    for p in problems if warn else ():
+        log.warning(p)
     return None
+
+
+def mirrored(job_dir: str | Path, logger_key: str) -> bool:
+    """Was this job's current results.json mirrored by the logger ``logger_key``? Results written
+    before the samples record existed count as mirrored (their logger run cannot be checked)."""
+    job_dir = Path(job_dir)
+    try:
+        text = (job_dir / RESULTS).read_bytes()
+        if "samples" not in json.loads(text):
+            return True
+        marks = json.loads((job_dir / MIRRORED).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    return isinstance(marks, dict) and marks.get(logger_key) == hashlib.sha256(text).hexdigest()
+
+
+def mark_mirrored(job_dir: str | Path, logger_key: str) -> None:
+    job_dir = Path(job_dir)
+    try:
+        marks = json.loads((job_dir / MIRRORED).read_text())
+    except (OSError, json.JSONDecodeError):
+        marks = {}
+    marks = marks if isinstance(marks, dict) else {}
+    marks[logger_key] = hashlib.sha256((job_dir / RESULTS).read_bytes()).hexdigest()
+    atomic_write_text(job_dir / MIRRORED, json.dumps(marks, indent=2) + "\n")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -157,6 +273,7 @@ def rebuild_sweep_table(sweep_dir: str | Path) -> Path:
         for job, res in read_results(sweep_dir):
             row = {"job_dir": job, "status": res.get("status"), "config_hash": res.get("config_hash")}
             row.update(flatten(res.get("config") or {}))
+            row.update(flatten(res.get("sharing") or {}, "sharing."))
             row.update(flatten(res.get("metrics") or {}, "metrics."))
             rows.append(row)
         head = ["job_dir", "status", "config_hash"]

@@ -6,10 +6,12 @@ Parameter names: ``model.embed_tokens``, ``model.layers.N.self_attn.{q,k,v,o}_pr
 """
 from __future__ import annotations
 
+from .config_checks import check, require
 from .layers import ModelConfig
 from .profile import DREAM
 
 PROFILE = DREAM
+REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 def parse_config(raw: dict) -> ModelConfig:
@@ -20,8 +22,9 @@ def parse_config(raw: dict) -> ModelConfig:
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"unsupported Dream config: hidden_act={act!r} (only 'silu' is implemented)")
+    require(raw, REQUIRED, "Dream")
     n_heads = raw["num_attention_heads"]
-    return ModelConfig(
+    return check(ModelConfig(
         arch="dream",
         vocab_size=raw["vocab_size"],
         d_model=raw["hidden_size"],
@@ -34,12 +37,12 @@ def parse_config(raw: dict) -> ModelConfig:
         qkv_bias=True,
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         max_length=int(raw.get("max_position_embeddings", 32768)),
-        mask_token_id=int(raw.get("mask_token_id", 151666)),
+        mask_token_id=raw.get("mask_token_id", 151666),
         eos_token_id=raw.get("eos_token_id"),
         pad_token_id=raw.get("pad_token_id"),
         bos_token_id=raw.get("bos_token_id"),
         rope_full_precision=False,
-    )
+    ))
 
 
 def to_config_json(cfg: ModelConfig) -> dict:

@@ -6,6 +6,7 @@ The official checkpoints are OLMo-style: ``model.transformer.blocks.N.{q,k,v}_pr
 """
 from __future__ import annotations
 
+from .config_checks import check, require
 from .layers import ModelConfig
 from .profile import LLADA
 
@@ -16,15 +17,17 @@ _UNSUPPORTED = {  # config flags whose non-default values this implementation do
     "input_emb_norm": False, "scale_logits": False, "attention_layer_norm": False, "rope": True,
     "clip_qkv": None,
 }
+REQUIRED = ("d_model", "n_layers", "n_heads", "mlp_hidden_size", ("embedding_size", "vocab_size"))
 
 
 def parse_config(raw: dict) -> ModelConfig:
     for key, ok in _UNSUPPORTED.items():
         if key in raw and raw[key] != ok:
             raise ValueError(f"unsupported LLaDA config: {key}={raw[key]!r} (only {ok!r} is implemented)")
+    require(raw, REQUIRED, "LLaDA")
     n_heads = raw["n_heads"]
     n_kv = raw.get("n_kv_heads") or (1 if raw.get("multi_query_attention") else n_heads)
-    return ModelConfig(
+    return check(ModelConfig(
         arch="llada",
         vocab_size=raw.get("embedding_size") or raw["vocab_size"],
         d_model=raw["d_model"],
@@ -37,12 +40,12 @@ def parse_config(raw: dict) -> ModelConfig:
         qkv_bias=bool(raw.get("include_bias") or raw.get("include_qkv_bias")),
         tie_embeddings=bool(raw.get("weight_tying", False)),
         max_length=int(raw.get("max_sequence_length", 4096)),
-        mask_token_id=int(raw.get("mask_token_id", 126336)),
+        mask_token_id=raw.get("mask_token_id", 126336),
         eos_token_id=raw.get("eos_token_id"),
         pad_token_id=raw.get("pad_token_id"),
         bos_token_id=raw.get("bos_token_id"),
         rope_full_precision=bool(raw.get("rope_full_precision", True)),
-    )
+    ))
 
 
 def to_config_json(cfg: ModelConfig) -> dict:

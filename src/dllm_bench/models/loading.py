@@ -33,6 +33,8 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 def family_of(raw: dict, where: str = "config.json"):
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} holds a JSON {type(raw).__name__}, not an object")
     model_type = str(raw.get("model_type", "")).lower()
     if model_type not in FAMILIES:
         raise ValueError(f"unknown model_type {raw.get('model_type')!r} in {where}; valid: llada, Dream")
@@ -78,11 +80,45 @@ def resolve_path(path_or_hub_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"model {text!r} is neither a local folder nor downloadable: {e}") from e
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_config(folder: str | os.PathLike):
+    """(family module, ModelConfig) of a checkpoint folder's config.json, checked (see
+    ``config_checks``); every problem is a one-line error naming the file."""
+    cfg_file = Path(folder) / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    raw = _read_json(cfg_file)
+    fam = family_of(raw, str(cfg_file))
+    try:
+        return fam, fam.parse_config(raw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cfg_file}: {e}") from None
+
+
+def _shard_paths(index: Path) -> list[str]:
+    """The shard names of ``model.safetensors.index.json``, each a relative path inside its folder."""
+    weight_map = _read_json(index)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no 'weight_map' object")
+    shards = sorted({str(s) for s in weight_map.values()})
+    # lexical check, not resolve(): hub snapshots hold symlinks into the cache's blob folder
+    outside = [s for s in shards if os.path.isabs(s) or os.path.normpath(s).split(os.sep)[0] in ("..", ".", "")]
+    if outside:
+        raise ValueError(f"{index} lists shard(s) outside its folder: {', '.join(outside)}")
+    return shards
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / s for s in shards]
+        files = [folder / s for s in _shard_paths(index)]
         missing = [str(f) for f in files if not f.exists()]
         if missing:
             raise FileNotFoundError(f"shards listed in {index} are missing: {', '.join(missing)}")
@@ -111,12 +147,7 @@ def load_model(path_or_hub_id, *, device: str | torch.device = "cpu",
 
     dtype = resolve_dtype(dtype)
     folder = resolve_path(path_or_hub_id)
-    cfg_file = folder / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"no config.json in {folder}")
-    raw = json.loads(cfg_file.read_text())
-    fam = family_of(raw, str(cfg_file))
-    config = fam.parse_config(raw)
+    fam, config = read_config(folder)
     names = fam.param_names(config)
     files = _weight_files(folder)
 
@@ -154,6 +185,14 @@ def load_model(path_or_hub_id, *, device: str | torch.device = "cpu",
     model.name_or_path = str(path_or_hub_id)
     model.folder = str(folder)
     return model.to(device).eval()
+
+
+def check_checkpoint(folder: str | os.PathLike):
+    """Everything ``load_model`` checks before reading a tensor (config.json, the weight files and
+    the shard index): a one-line error, or the ModelConfig. Cheap: no weights are read."""
+    _, config = read_config(folder)
+    _weight_files(Path(folder))
+    return config
 
 
 def save_model(model: Transformer, folder: str | os.PathLike, extra_config: dict | None = None) -> Path:
