@@ -30,7 +30,7 @@ BASE_CONFIG = {
     "decoding": {"name": "fixed", "threshold": None, "factor": None, "temperature": 0.0},
     "task": {"_target_": "dllm_bench.tasks.arithmetic.ArithTask", "name": "arith"},
     "logger": {"_target_": "dllm_bench.logging_wandb.NullLogger"},
-    "measure": {"warmup": True, "kv_similarity": False, "kv_similarity_samples": 2},
+    "measure": {"kv_similarity": False, "kv_similarity_samples": 2},
     "gen_length": 64, "block_length": 16, "steps": 64, "threshold": 0.9, "factor": 1.0,
     "batch_size": 8, "n_samples": 50, "seed": 0, "device": "cpu", "dtype": "float32",
     "sweep_name": "default",

@@ -4,6 +4,7 @@ input refused before anything is written."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -37,15 +38,25 @@ def test_job_metrics_match_samples_and_the_engine(tmp_path):
     rows, m = _rows(job), res["metrics"]
     assert len(rows) == m["n_samples"] == 3
     assert set(rows[0]) >= {"id", "prompt", "output", "extracted", "target", "correct", "nfe", "latency_s",
-                            "n_generated_tokens"}
+                            "batch_latency_s", "n_generated_tokens", "remasked"}
     assert m["accuracy"] == sum(r["correct"] for r in rows) / 3
     assert m["nfe_mean"] == pytest.approx(sum(r["nfe"] for r in rows) / 3)
     tokens = sum(r["n_generated_tokens"] for r in rows)
     assert m["tokens_per_forward"] == pytest.approx(tokens / sum(r["nfe"] for r in rows))
-    assert m["tokens_per_s"] == pytest.approx(tokens / m["wall_s"])
-    lat = [r["latency_s"] for r in rows]
-    assert m["latency_s_median"] == pytest.approx(percentile(lat, 50))
-    assert m["latency_s_p90"] == pytest.approx(percentile(lat, 90)) and m["latency_s_p90"] >= m["latency_s_median"]
+    # the timed pass: one batch (batch_size=2 prompts), 3 repeats after a warm-up, medians and quartiles
+    walls = [t["wall_s"] for t in res["timing"]["cell"]]
+    assert m["timed_samples"] == 2 and m["timing_repeats"] == len(walls) == 3 and res["timing"]["order"] == ["cell"] * 3
+    timed_tokens = sum(r["n_generated_tokens"] for r in rows[:2])
+    assert m["tokens_per_s"] == m["tokens_per_s_median"] == pytest.approx(statistics.median(timed_tokens / w for w in walls))
+    assert m["tokens_per_s_q25"] <= m["tokens_per_s_median"] <= m["tokens_per_s_q75"]
+    assert m["timing_rel_iqr"] == pytest.approx((percentile(walls, 75) - percentile(walls, 25)) / statistics.median(walls))
+    assert m["timing_noisy"] == (m["timing_rel_iqr"] > 0.25)
+    assert m["load_1m"] >= 0 and m["load_other_cpu"] >= 0 and m["torch_threads"] == 1 and m["cpus"] >= 1
+    # per-sample latency: the timed samples' own (batch wall / rows, median over repeats); the rest have the
+    # accuracy pass's batch wall time only
+    assert all(r["latency_s"] > 0 for r in rows[:2]) and "latency_s" not in rows[2]
+    assert rows[0]["batch_size"] == 2 and rows[2]["batch_size"] == 1 and rows[2]["batch_latency_s"] > 0
+    assert m["latency_s_q25"] <= m["latency_s_median"] <= m["latency_s_q75"] and m["latency_s_p90"] >= m["latency_s_median"]
     assert m["cache_refreshes_mean"] == 2  # one per block: gen_length 32 / block_length 16
     assert m["peak_memory_bytes"] > 0
     # dual cache of the largest batch: 2 (K, V) x layers x B x H_kv x (prompt + gen) x head_dim x 4 bytes
@@ -157,3 +168,23 @@ def test_engine_option_reaches_the_engine_with_the_same_tokens(tmp_path, option)
     assert other["config_hash"] != eager["config_hash"]
     outputs = [[r["output"] for r in _rows(tmp_path / "s" / d)] for d in ("eager", option)]
     assert outputs[0] == outputs[1]
+
+
+def test_timed_pass_interleaves_the_baseline_and_records_spread_and_load(tmp_path):
+    cfg = compose(["cache=dual", "decoding=threshold", "threshold=0.9", "n_samples=3", "batch_size=2",
+                   "timing.repeats=4", "timing.baseline=true", "timing.samples=3"])
+    res = run_job(cfg, tmp_path / "s" / "j", ROOT)
+    m, t = res["metrics"], res["timing"]
+    assert res["status"] == "ok" and m["timed_samples"] == 3
+    # repeat r times both engines, the order rotating: no engine always goes first
+    assert t["order"] == ["cell", "baseline", "baseline", "cell", "cell", "baseline", "baseline", "cell"]
+    cell, base = [r["wall_s"] for r in t["cell"]], [r["wall_s"] for r in t["baseline"]]
+    ratios = [b / c for c, b in zip(cell, base)]
+    assert m["speedup"] == m["speedup_median"] == pytest.approx(statistics.median(ratios))
+    assert m["speedup_q25"] <= m["speedup_median"] <= m["speedup_q75"]
+    # the baseline decodes one token per forward: 32 forwards for each of the 2 batches
+    assert all(r["nfe"] == 2 * 32 for r in t["baseline"]) and all(r["nfe"] < 2 * 32 for r in t["cell"])
+    assert m["timing_repeats"] == 4 and m["timing_rel_iqr"] >= 0 and isinstance(m["timing_noisy"], bool)
+    assert {"load_1m", "load_other_cpu", "cpus", "torch_threads"} <= set(m)
+    with pytest.raises(ConfigError, match="timing.repeats=0"):
+        run_job(compose(["timing.repeats=0"]), tmp_path / "s" / "bad", ROOT)

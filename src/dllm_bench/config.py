@@ -36,10 +36,18 @@ class ModelConf:
 
 @dataclass
 class MeasureConf:
-    warmup: bool = True              # one untimed generate before timing
     kv_similarity: bool = False      # paper Fig. 3: K/V cosine similarity across steps (slow)
     kv_similarity_samples: int = 2   # samples measured (batch size 1, after the timed run)
     kv_heatmap_prompt_tokens: int = 64  # heatmap keeps the prompt's last N tokens (memory bound)
+
+
+@dataclass
+class TimingConf:
+    repeats: int = 3                 # timed repeats of the subset (after warmup), median and quartiles
+    samples: Optional[int] = None    # prompts in the timed subset (null: one batch, batch_size of them)
+    warmup: int = 1                  # untimed repeats first
+    max_spread: float = 0.25         # flag the timing as noisy when IQR / median of the repeats exceeds it
+    baseline: bool = False           # also time cache=none + fixed (1 token/step), interleaved: speedup
 
 
 @dataclass
@@ -50,6 +58,7 @@ class RunConfig:
     task: Any = MISSING              # `_target_` + name + the task's own keyword arguments
     logger: Any = MISSING            # `_target_` + the logger's keyword arguments
     measure: MeasureConf = field(default_factory=MeasureConf)
+    timing: TimingConf = field(default_factory=TimingConf)
     gen_length: int = 48
     block_length: Optional[int] = 16  # null: one block (Dream + cache=none: Dream's own schedule)
     steps: Optional[int] = None      # fixed decoding's total step budget
@@ -135,7 +144,7 @@ def check_override_keys(args: list[str], conf_dir: str | Path | None = None) -> 
 
     from .decoding import CACHES, RULES
 
-    nodes = {"model": ModelConf, "measure": MeasureConf}
+    nodes = {"model": ModelConf, "measure": MeasureConf, "timing": TimingConf}
     plugins = {"cache": CACHES, "decoding": RULES}
     groups = ("model", "cache", "decoding", "task", "logger", "experiment")
     for arg in args:
@@ -214,6 +223,12 @@ def validate(cfg) -> None:
     if m.kv_similarity_samples < least:
         bad.append(f"measure.kv_similarity_samples={m.kv_similarity_samples} must be >= {least}"
                    + (" with measure.kv_similarity=true" if least else ""))
+    t = cfg.timing
+    if t.repeats < 1 or t.warmup < 0 or (t.samples is not None and t.samples < 1):
+        bad.append(f"timing.repeats={t.repeats} must be >= 1, timing.warmup={t.warmup} >= 0 and "
+                   f"timing.samples={t.samples} >= 1 (or null)")
+    if not math.isfinite(t.max_spread) or t.max_spread <= 0:
+        bad.append(f"timing.max_spread={t.max_spread} must be a finite number > 0")
     if m.kv_heatmap_prompt_tokens < 0:
         bad.append(f"measure.kv_heatmap_prompt_tokens={m.kv_heatmap_prompt_tokens} must be >= 0")
     if cfg.batch_size < 1:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import statistics
 import time
 import traceback
 from pathlib import Path
@@ -31,14 +32,16 @@ from tqdm.auto import tqdm
 from . import generate, load_model, load_tokenizer
 from .claims import Claim, describe
 from .config import RUN_ONLY_KEYS, ConfigError, build_plugins, validate
+from .evaluate import generate_all, paired_speedup, speed_metrics, time_engines
 from .logging_wandb import NullLogger
-from .metrics.kv_similarity import KVSimilarity
-from .metrics.timing import Stopwatch, latency_stats, peak_memory_bytes, reset_peak
+from .metrics import build_metrics, run_extra_pass
+from .metrics.timing import peak_memory_bytes, reset_peak
 from .models.loading import check_checkpoint, resolve_dtype
 from .models.ops import use_fused
 from .results import (RESULTS, SCHEMA_VERSION, atomic_write_text, config_hash, env_stamp, find_done, mark_mirrored,
                       mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
-from .tasks import decode_generated, encode_prompt, score_all
+from .tasks import encode_prompt, score_all
+from .tasks.tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -70,8 +73,17 @@ def engine_kwargs(cfg) -> dict:
                 decoding=rule, cfg_scale=cfg.cfg_scale, stop_at_eos=cfg.stop_at_eos, graphs=cfg.graphs)
 
 
-def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]:
-    """Load, generate in batches, score: (metrics, sample rows, kv_similarity or None)."""
+def baseline_engine(cfg, engine: dict) -> dict:
+    """The paper's baseline of a cell: no cache, fixed decoding of one token per step."""
+    from .decoding import CACHES, RULES
+
+    return dict(engine, cache=CACHES.build("none"), decoding=RULES.build("fixed"), steps=cfg.gen_length, graphs=False)
+
+
+def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict]:
+    """Load; the accuracy pass (all samples, batched); the timed pass (a subset, repeated,
+    interleaved with the baseline when asked); scoring; metrics' extra pass.
+    Returns (metrics, sample rows, extra results.json sections)."""
     device = torch.device(cfg.device)
     t0 = time.perf_counter()
     model = use_fused(load_model(model_path, device=device, dtype=resolve_dtype(cfg.dtype)), cfg.fused)
@@ -80,66 +92,69 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]
     samples = task.samples(cfg.n_samples, seed=cfg.seed)
     prompts = [torch.tensor(encode_prompt(tok, s.prompt, cfg.model.instruct and s.meta.get("chat", True)))
                for s in samples]
-    eos = {i for i in (model.config.eos_token_id, tok.eos_token_id) if i is not None}
-    kw = engine_kwargs(cfg)
-    cache = kw["cache"]
-    gen = torch.Generator(device).manual_seed(cfg.seed) if kw["decoding"].temperature > 0 else None
-    if cfg.measure.warmup:
-        generate(model, prompts[:1], generator=gen, **kw)
+    stop_ids = stop_token_ids(tok, model.config.eos_token_id)
+    engine = engine_kwargs(cfg)
+    seed = cfg.seed if engine["decoding"].temperature > 0 else None
+    gen = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    metrics = build_metrics(model, OmegaConf.to_container(cfg.measure))
     reset_peak(device)
 
-    rows, outputs, seconds, batch_nfe, kv_bytes = [], [], 0.0, 0, 0
     bar = tqdm(total=len(samples), desc=f"{cfg.model.name}/{cfg.cache.name}/{cfg.decoding.name}",
                disable=not cfg.progress, leave=False)
-    for lo in range(0, len(samples), cfg.batch_size):
-        batch = prompts[lo:lo + cfg.batch_size]
-        with Stopwatch(device) as sw:
-            res = generate(model, batch, generator=gen, **kw)
-        seconds += sw.seconds
-        batch_nfe += res.nfe
-        length = max(len(p) for p in batch) + cfg.gen_length
-        kv_bytes = max(kv_bytes, cache.kv_bytes(model, len(batch), length))
-        for r, s in enumerate(samples[lo:lo + cfg.batch_size]):
-            text, n_tok = decode_generated(res.tokens[r], eos, tok, task.stop_sequences)
-            outputs.append(text)
-            rows.append({"id": s.id, "prompt": s.prompt, "output": text, "target": s.target,
-                         "nfe": res.nfe_per_row[r], "latency_s": sw.seconds, "n_generated_tokens": n_tok,
-                         "cache_refreshes": res.refreshes})
-        bar.update(len(batch))
+    rows, info = generate_all(model, tok, prompts, engine, batch_size=cfg.batch_size, stop_ids=stop_ids,
+                              stop_sequences=task.stop_sequences, generator=gen, metrics=metrics, progress=bar.update)
     bar.close()
     peak = peak_memory_bytes(device)
+    for row, s in zip(rows, samples):
+        row.update({"id": s.id, "prompt": s.prompt, "target": s.target})
+
+    t = cfg.timing
+    subset = prompts[:t.samples or cfg.batch_size]
+    engines = {"cell": engine, **({"baseline": baseline_engine(cfg, engine)} if t.baseline else {})}
+    timing = time_engines(model, subset, engines, batch_size=cfg.batch_size, repeats=t.repeats, warmup=t.warmup,
+                          generator_seed=seed)
+    speed = speed_metrics(timing.repeats["cell"], sum(r["n_generated_tokens"] for r in rows[:len(subset)]),
+                          t.max_spread)
+    if t.baseline:
+        speed.update(paired_speedup(timing, "cell", "baseline"))
+    for i, row in enumerate(rows[:len(subset)]):  # the sample's own latency: its batch / rows, median of repeats
+        b = i // cfg.batch_size
+        row["latency_s"] = statistics.median(r.batch_s[b] / r.batch_rows[b] for r in timing.repeats["cell"])
 
     extras: dict[str, list[float]] = {}
-    for row, score in zip(rows, score_all(task, samples, outputs)):
+    for row, score in zip(rows, score_all(task, samples, [r["output"] for r in rows])):
         row.update(extracted=score.extracted, correct=bool(score.correct), extra=score.extra)
         for k, v in score.extra.items():
             if isinstance(v, (int, float)):
                 extras.setdefault(f"task_{k}", []).append(float(v))
 
     n, tokens, nfe = len(rows), sum(r["n_generated_tokens"] for r in rows), sum(r["nfe"] for r in rows)
-    metrics = {
+    out = {
         "accuracy": sum(r["correct"] for r in rows) / n,
-        "tokens_per_s": tokens / seconds if seconds else None,
+        **speed,
         "nfe_mean": nfe / n,
-        **latency_stats([r["latency_s"] for r in rows]),
         "tokens_per_forward": tokens / nfe if nfe else None,
-        "ms_per_forward": 1000 * seconds / batch_nfe if batch_nfe else None,
+        "remasked_mean": sum(r["remasked"] for r in rows) / n,
         "cache_refreshes_mean": sum(r["cache_refreshes"] for r in rows) / n,
         "peak_memory_bytes": peak,
-        "kv_cache_bytes": kv_bytes,
+        "kv_cache_bytes": info["kv_cache_bytes"],
         "n_samples": n,
         "generated_tokens": tokens,
-        "wall_s": seconds,
+        "accuracy_pass_s": info["wall_s"],
+        "timed_samples": len(subset),
         "load_s": load_s,
+        "load_1m": timing.load["load_1m"], "load_other_cpu": timing.load["other_cpu"],
+        "cpus": timing.load["cpus"], "torch_threads": timing.load["torch_threads"],
         **{k: sum(v) / len(v) for k, v in extras.items()},
     }
-    kv_sim = None
-    if cfg.measure.kv_similarity:  # after the timed run: its extra forwards must not be timed
-        sim = KVSimilarity(model, cfg.measure.kv_heatmap_prompt_tokens)
-        for i, p in enumerate(prompts[:cfg.measure.kv_similarity_samples]):
-            generate(model, [p], generator=gen, on_step=sim.start(len(p), heatmap=i == 0), **kw)
-        kv_sim = sim.result()
-    return metrics, rows, kv_sim
+    sections: dict = {"timing": {"order": timing.order, **{
+        name: [{"wall_s": r.wall_s, "nfe": r.nfe} for r in reps] for name, reps in timing.repeats.items()}}}
+    run_extra_pass(metrics, model, prompts, engine, generate, generator=gen)  # after timing: never timed
+    for m in metrics:
+        out.update(m.summary())
+        if (section := m.result()) is not None:
+            sections[m.name] = section
+    return out, rows, sections
 
 
 def _summary(res: dict, job: str) -> str:
@@ -247,9 +262,8 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
                    "started_at": utc_now()}
         rows: list[dict] = []
         try:
-            results["metrics"], rows, kv_sim = _measure(cfg, task, model_path)
-            if kv_sim is not None:
-                results["kv_similarity"] = kv_sim
+            results["metrics"], rows, sections = _measure(cfg, task, model_path)
+            results.update(sections)
         except Exception as e:  # recorded, not raised: the sweep goes on and a rerun retries this job
             log.error(f"job {job_dir.name} failed:\n{traceback.format_exc()}")
             results.update(status="failed", error=f"{type(e).__name__}: {e}")

@@ -23,10 +23,12 @@ import platform
 import socket
 import subprocess
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from .config import TimingConf
 from .metrics.timing import cpu_name
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 # Top-level keys added after sweeps already existed, with the value that reproduces the old behaviour:
 # left out of the hash at that value, so folders written before the key existed stay resumable.
-LATER_KEYS = {"fused": False, "cfg_scale": 0.0}
+LATER_KEYS = {"fused": False, "cfg_scale": 0.0, "timing": asdict(TimingConf())}
 # Keys renamed since (new name -> the name hashed), and plugin-node keys the hash fills in at their
 # old value when a plugin does not take them (the decoding node once listed every rule's argument).
 RENAMED_KEYS = {"measure": "metrics"}
-LEGACY_DECODING = {"threshold": None, "factor": None, "temperature": 0.0, "remasking": "low_confidence"}
+LEGACY_NODES = {"decoding": {"threshold": None, "factor": None, "temperature": 0.0, "remasking": "low_confidence"},
+                "metrics": {"warmup": True}}
 
 
 def _canonical(config: dict) -> dict:
@@ -70,8 +73,9 @@ def _canonical(config: dict) -> dict:
     for node in ("cache", "decoding"):
         if isinstance(out.get(node), dict):
             out[node] = {k: v for k, v in out[node].items() if k != "_target_"}
-    if isinstance(out.get("decoding"), dict):
-        out["decoding"] = {**LEGACY_DECODING, **out["decoding"]}
+    for node, old in LEGACY_NODES.items():
+        if isinstance(out.get(node), dict):
+            out[node] = {**old, **out[node]}
     return out
 
 

@@ -254,33 +254,28 @@ def quick_eval(cfg: TrainConfig, model) -> dict | None:
 
 
 def evaluate(model, tok, task: ArithmeticTask, samples, *, batch_size: int = 100, **gen_kwargs) -> dict:
-    """Score ``samples`` with ``dllm_bench.generate``: accuracy, NFE, generated tokens / s.
+    """Score ``samples`` through the job's evaluation path (``dllm_bench.evaluate.generate_all``):
+    accuracy, NFE, generated tokens / s.
 
     ``nfe_mean`` is the mean of each row's own forward count (its cost at batch size 1);
     ``nfe_batch_mean`` the forwards per batch (a threshold batch runs until its slowest row is
-    done). Tokens are counted up to each row's first EOS; ``tokens_per_s`` uses batched wall time.
+    done). Tokens are counted up to each row's first EOS / stop; ``tokens_per_s`` uses the batched
+    wall time of this one pass (the trainer's quick look, not a benchmark).
     """
-    from . import generate
-    from .tasks.base import cut_at_stop
+    from .evaluate import generate_all
+    from .tasks.tokens import stop_token_ids
 
-    correct, nfe, nfe_batch, n_tokens, wall = 0, [], [], 0, 0.0
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i: i + batch_size]
-        prompts = [torch.tensor(tok.encode(s.prompt, add_special_tokens=False)) for s in chunk]
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            res = generate(model, prompts, **gen_kwargs)
-        wall += time.perf_counter() - t0
-        nfe.extend(res.nfe_per_row)
-        nfe_batch.append(res.nfe)
-        for s, row in zip(chunk, res.tokens.tolist()):
-            row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
-            n_tokens += len(row)
-            text = cut_at_stop(tok.decode(row, skip_special_tokens=True), task.stop_sequences)
-            correct += task.score(s, text).correct
-    return {"accuracy": correct / len(samples), "nfe_mean": sum(nfe) / len(nfe),
-            "nfe_batch_mean": sum(nfe_batch) / len(nfe_batch),
-            "tokens_per_s": n_tokens / wall, "wall_s": wall, "n_samples": len(samples)}
+    prompts = [torch.tensor(tok.encode(s.prompt, add_special_tokens=False)) for s in samples]
+    with torch.inference_mode():
+        rows, info = generate_all(model, tok, prompts, gen_kwargs, batch_size=batch_size,
+                                  stop_ids=stop_token_ids(tok, model.config.eos_token_id),
+                                  stop_sequences=task.stop_sequences)
+    correct = sum(task.score(s, r["output"]).correct for s, r in zip(samples, rows))
+    n_batches = -(-len(samples) // batch_size)
+    return {"accuracy": correct / len(samples), "nfe_mean": sum(r["nfe"] for r in rows) / len(rows),
+            "nfe_batch_mean": info["batch_nfe"] / n_batches,
+            "tokens_per_s": sum(r["n_generated_tokens"] for r in rows) / info["wall_s"], "wall_s": info["wall_s"],
+            "n_samples": len(samples)}
 
 
 def write_loss_curve(out: Path, history: list[dict]) -> None:

@@ -1,6 +1,7 @@
 """How stale a KV cache gets: cosine similarity of each token's K and V across decoding steps.
 
-``KVSimilarity`` is an ``on_step`` callback for ``generate`` on one prompt (batch size 1). After
+``KVSimilarity`` is a metric (``metrics.base``; switched on by ``measure.kv_similarity=true``) that
+runs in the untimed extra pass, one prompt at a time (batch size 1). After
 every forward of the engine it runs one full, cache-free forward over the current sequence into a
 fresh ``model.new_cache(1, L)`` and reads each layer's K/V (layers, 1, H_kv, L, D): what an exact
 recomputation would hold at that step. Per layer, for keys and values separately, it compares
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import METRICS, Metric
+
 REGIONS = ("prompt", "finished", "block", "suffix")
 KINDS = ("key", "value")
 PAIRS = ("consecutive", "to_refresh")
@@ -35,24 +38,27 @@ def _features(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-class KVSimilarity:
-    """Accumulates region-mean cosine similarities over the prompts it is run on (see module doc)."""
+@METRICS.register("kv_similarity")
+class KVSimilarity(Metric):
+    """Accumulates region-mean cosine similarities over the prompts it is run on (see module doc).
 
-    def __init__(self, model, heatmap_prompt_tokens: int = 64):
-        self.model = model
+    Also usable directly as an ``on_step`` callback: ``generate(..., on_step=sim.start(len(p)))``."""
+
+    def __init__(self, model, samples: int = 2, heatmap_prompt_tokens: int = 64):
+        super().__init__(model, samples)
         self.n_layers = model.config.n_layers
         self.heatmap_prompt_tokens = heatmap_prompt_tokens
         # sums[kind][pair][region]: (layers,) sum over step pairs of the region's mean cosine
         self.sums = {k: {p: {r: torch.zeros(self.n_layers) for r in REGIONS} for p in PAIRS} for k in KINDS}
         self.counts = {p: {r: 0 for r in REGIONS} for p in PAIRS}
-        self.samples = 0
+        self.measured = 0
         self._heat: dict[str, list[torch.Tensor]] = {"prompt": [], "suffix": []}
         self._recording = False
 
     def start(self, prompt_len: int, heatmap: bool = False) -> "KVSimilarity":
         """Begin a new prompt of ``prompt_len`` tokens; returns self, the ``on_step`` callback."""
         self.prompt_len, self._prev, self._refresh = prompt_len, None, None
-        self.samples += 1
+        self.measured += 1
         self._recording = heatmap
         if heatmap:
             self._heat = {"prompt": [], "suffix": []}
@@ -67,6 +73,16 @@ class KVSimilarity:
         for region, (lo, hi) in bounds.items():
             if hi > lo:
                 self.counts[pair][region] += 1
+
+    @classmethod
+    def from_measure(cls, model, measure: dict) -> "KVSimilarity":
+        return cls(model, measure.get("kv_similarity_samples", 2), measure.get("kv_heatmap_prompt_tokens", 64))
+
+    def begin_sample(self, index: int, prompt) -> None:
+        self.start(len(prompt), heatmap=index == 0)
+
+    def on_step(self, info) -> None:
+        self(info)
 
     def __call__(self, info) -> None:
         if info.x.shape[0] != 1:
@@ -106,4 +122,4 @@ class KVSimilarity:
         layers = [{"layer": i, **{kind: {pair: {r: mean(kind, pair, r, i) for r in REGIONS} for pair in PAIRS}
                                   for kind in KINDS}} for i in range(self.n_layers)]
         heatmap = {name: self._matrix(steps) for name, steps in self._heat.items() if steps}
-        return {"n_samples": self.samples, "layers": layers, "heatmap": heatmap}
+        return {"n_samples": self.measured, "layers": layers, "heatmap": heatmap}

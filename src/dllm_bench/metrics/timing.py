@@ -7,6 +7,7 @@ process's peak RSS (``resource.getrusage``), which cannot be reset and so covers
 from __future__ import annotations
 
 import math
+import os
 import platform
 import resource
 import sys
@@ -84,3 +85,44 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_name()} ({torch.get_num_threads()} torch threads)"
+
+
+def _cpu_busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (Linux /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class LoadMeter:
+    """``with LoadMeter() as m: ...`` then ``m.result()``: how loaded the machine was meanwhile.
+
+    ``load_1m`` (the 1-minute load average, max of before/after), ``other_cpu`` (CPUs kept busy by
+    other processes, on average: machine busy time minus this process's CPU time, over the wall
+    time; Linux only), ``cpus`` and ``torch_threads``. A timing taken with ``other_cpu`` near or
+    above ``cpus - torch_threads`` shared its cores and is not to be trusted.
+    """
+
+    def __enter__(self):
+        self._t0, self._busy0, self._own0 = time.perf_counter(), _cpu_busy_seconds(), time.process_time()
+        self._load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return self
+
+    def __exit__(self, *exc):
+        self._t1, self._busy1, self._own1 = time.perf_counter(), _cpu_busy_seconds(), time.process_time()
+        self._load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return False
+
+    def result(self) -> dict:
+        wall = self._t1 - self._t0
+        other = None
+        if self._busy0 is not None and self._busy1 is not None and wall > 0:
+            other = max(0.0, (self._busy1 - self._busy0 - (self._own1 - self._own0)) / wall)
+        loads = [v for v in (self._load0, self._load1) if v is not None]
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return {"load_1m": max(loads) if loads else None, "other_cpu": None if other is None else round(other, 3),
+                "cpus": cpus, "torch_threads": torch.get_num_threads(), "wall_s": round(wall, 4)}
