@@ -7,7 +7,10 @@ before anything is written or loaded. Anything that goes wrong after that is rec
 writes ``status: failed`` with the error and returns normally, so a sweep goes on and a rerun
 retries it. A job whose config hash already has ``status: ok`` in the sweep folder is skipped
 unless ``force=true``. Nothing here branches on a cache or decoding name: they are passed through
-to ``generate``.
+to ``generate``. Prompts are encoded and outputs post-processed by the evaluation protocol
+(``protocol=clean|reference``, ``dllm_bench.tasks.protocol``), the same code as the lm-eval adapter.
+``shard=i/n`` runs the i-th of n contiguous parts of the cell's samples as a job of its own (its
+own config hash); ``analysis.load_sweep`` merges the shards back into one cell.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from . import generate, load_model, load_tokenizer
-from .config import RUN_ONLY_KEYS, ConfigError, validate
+from .config import RUN_ONLY_KEYS, ConfigError, shard_range, validate
 from .decoding import CACHES
 from .logging_wandb import NullLogger
 from .metrics.kv_similarity import KVSimilarity
@@ -32,7 +35,9 @@ from .metrics.timing import Stopwatch, latency_stats, peak_memory_bytes, reset_p
 from .models.loading import resolve_dtype
 from .models.ops import use_fused
 from .results import SCHEMA_VERSION, config_hash, env_stamp, find_done, rebuild_sweep_table, utc_now, write_job
-from .tasks import decode_generated, encode_prompt, score_all
+from .tasks import score_all
+from .tasks.protocol import EvalProtocol
+from .tasks.tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -73,14 +78,17 @@ def _kv_bytes(model, batch: int, length: int) -> int:
 def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]:
     """Load, generate in batches, score: (metrics, sample rows, kv_similarity or None)."""
     device = torch.device(cfg.device)
+    every = task.samples(cfg.n_samples, seed=cfg.seed)
+    samples = every[slice(*shard_range(len(every), cfg.shard))]  # all of them unless cfg.shard is set
+    if not samples:
+        raise ValueError(f"shard={cfg.shard} holds none of the task's {len(every)} samples")
     t0 = time.perf_counter()
     model = use_fused(load_model(model_path, device=device, dtype=resolve_dtype(cfg.dtype)), cfg.fused)
     tok = instantiate(cfg.model.tokenizer) if cfg.model.tokenizer else load_tokenizer(model_path)
     load_s = time.perf_counter() - t0
-    samples = task.samples(cfg.n_samples, seed=cfg.seed)
-    prompts = [torch.tensor(encode_prompt(tok, s.prompt, cfg.model.instruct and s.meta.get("chat", True)))
-               for s in samples]
-    eos = {i for i in (model.config.eos_token_id, tok.eos_token_id) if i is not None}
+    protocol = EvalProtocol(cfg.protocol, cfg.model.family, cfg.model.instruct)
+    prompts = [torch.tensor(protocol.encode(tok, s.prompt, chat=s.meta.get("chat", True))) for s in samples]
+    eos = stop_token_ids(tok, model.config.eos_token_id)
     kw = _generate_kwargs(cfg)
     gen = torch.Generator(device).manual_seed(cfg.seed) if cfg.decoding.temperature > 0 else None
     if cfg.metrics.warmup:
@@ -99,7 +107,7 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict | None]
         length = max(len(p) for p in batch) + cfg.gen_length
         kv_bytes = max(kv_bytes, _kv_bytes(model, len(batch), length) * CACHES[cfg.cache.name].uses_cache)
         for r, s in enumerate(samples[lo:lo + cfg.batch_size]):
-            text, n_tok = decode_generated(res.tokens[r], eos, tok, task.stop_sequences)
+            text, n_tok = protocol.postprocess(res.tokens[r], tok, eos, task.stop_sequences, s.meta.get("doc"))
             outputs.append(text)
             rows.append({"id": s.id, "prompt": s.prompt, "output": text, "target": s.target,
                          "nfe": res.nfe_per_row[r], "latency_s": sw.seconds, "n_generated_tokens": n_tok,

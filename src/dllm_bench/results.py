@@ -47,16 +47,31 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-# Top-level keys added after sweeps already existed, with the value that reproduces the old behaviour:
-# left out of the hash at that value, so folders written before the key existed stay resumable.
-LATER_KEYS = {"fused": False}
+# Keys (dotted for nested ones) added after sweeps already existed, with the value that reproduces the
+# old behaviour: left out of the hash at that value, so folders written before the key existed stay
+# resumable. A shard's hash keeps its `shard`: shards of one cell are different jobs.
+LATER_KEYS = {"fused": False, "protocol": "clean", "shard": None, "task.protocol": "clean"}
+
+
+def _without_later_keys(config: dict) -> dict:
+    kept = dict(config)
+    for key, old in LATER_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = kept
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                break
+            node[p] = node = dict(node[p])
+        else:
+            if leaf in node and node[leaf] == old:
+                del node[leaf]
+    return kept
 
 
 def config_hash(config: dict, run_only: Iterable[str] = ()) -> str:
     """sha256 of the canonical JSON of the resolved config minus the run-only top-level keys
     (and minus later-added keys at their old-behaviour value, see ``LATER_KEYS``)."""
-    kept = {k: v for k, v in config.items()
-            if k not in set(run_only) and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    kept = {k: v for k, v in _without_later_keys(config).items() if k not in set(run_only)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
