@@ -97,7 +97,9 @@ def test_bad_model_args(tiny):
     with pytest.raises(ValueError, match="batch_size must be an int, got 'auto'"):
         DllmBenchLM(model=model, tokenizer=tok, batch_size="auto")
     with pytest.raises(ValueError, match="unknown protocol 'paper'; valid: clean, reference"):
-        DllmBenchLM(model=model, tokenizer=tok, protocol="paper")
+        DllmBenchLM(pretrained="/no/such/folder", protocol="paper")  # before any loading
+    with pytest.raises(ValueError, match="unknown model family 'gpt2'"):
+        DllmBenchLM(pretrained="/no/such/folder", family="gpt2")
 
 
 def test_simple_evaluate_by_name_on_local_task(tiny, tmp_path):

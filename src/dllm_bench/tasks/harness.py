@@ -94,6 +94,7 @@ class DllmBenchLM(LM):
             raise ValueError(f"batch_size must be an int, got {batch_size!r}") from None
         if instruct is not None and chat is not None and instruct != chat:
             raise ValueError(f"instruct={instruct} and chat={chat} disagree (they are the same switch)")
+        EvalProtocol(protocol, family or "llada")  # a bad protocol or family fails before the model loads
         import torch
 
         import dllm_bench
