@@ -158,6 +158,7 @@ def _readme_adapter_command() -> list[str]:
     return args[args.index("dllm_bench.tasks.harness") + 1:]
 
 
+@pytest.mark.slow
 def test_readme_command_applies_the_chat_template_to_an_instruct_folder(tmp_path, monkeypatch):
     """The README's adapter command, with only the checkpoint and the task swapped for local ones:
     on a folder named like an instruct model the chat template is applied with no flag given."""
