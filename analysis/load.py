@@ -64,7 +64,7 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     rows = [_read_job(p, sweep_dir) for p in job_paths]
     rows += _csv_only_rows(csv_path, {r["job_dir"] for r in rows}, sweep_dir)
     rows += _not_started_rows(multirun_path, rows, sweep_dir)
-    df = pd.DataFrame(rows)
+    df = merge_shards(pd.DataFrame(rows))
     for col in META_COLUMNS:
         if col not in df.columns:
             df[col] = None
@@ -79,6 +79,80 @@ def load_sweeps(paths) -> pd.DataFrame:
         raise NotASweepError("no sweep folder given")
     df = pd.concat(frames, ignore_index=True, sort=False)
     return _numeric(df[_ordered(df.columns)])
+
+
+def merge_shards(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: the jobs of a cell run in shards (config `shard` = "i/n", the same overrides
+    otherwise, or the same config where overrides are unknown) become one row, where the first shard stood. With every shard ok, its metrics are
+    those of the whole cell: sums (n_samples, generated_tokens, wall_s, load_s), maxima (peak and
+    KV-cache bytes), ratios recomputed from the sums (tokens_per_s, tokens_per_forward,
+    ms_per_forward), latency median / p90 from the shards' samples.jsonl (NaN without them), and
+    every other metric averaged weighted by n_samples; `job_dir` joins the shards' folders with " + ", and
+    `config_hash` is None. A cell missing a shard, or with a failed one, is one row with status
+    "failed" / "missing", no metrics and an error naming the shards. Rows without `shard` pass as is.
+    """
+    if "shard" not in df.columns or df["shard"].isna().all():
+        return df
+    keys = [c for c in df.columns if c != "shard" and c not in META_COLUMNS and not c.startswith(NAMESPACES[:2])]
+
+    def cell(row) -> str:  # the job's overrides but shard= (also for a job without results.json), else its config
+        if isinstance(row["overrides"], list):
+            return json.dumps(sorted(str(o) for o in row["overrides"] if not str(o).startswith("shard=")))
+        return json.dumps([None if (isinstance(v, float) and pd.isna(v)) else v for v in row[keys]], default=str)
+
+    groups: dict[str, list[int]] = {}
+    for i, row in df.iterrows():
+        if isinstance(row["shard"], str):
+            groups.setdefault(cell(row), []).append(i)
+    out, done = [], set()
+    for i, row in df.iterrows():
+        if i in done:
+            continue
+        if not isinstance(row["shard"], str):
+            out.append(row.to_dict())
+            continue
+        part = df.loc[groups[cell(row)]]
+        done.update(part.index)
+        merged = row.drop([c for c in df.columns if c.startswith("metrics.")]).to_dict()
+        merged.update(shard=None, config_hash=None, job_dir=" + ".join(map(str, part["job_dir"])), job_path=None,
+                      overrides=[o for o in (row["overrides"] if isinstance(row["overrides"], list) else [])
+                                 if not str(o).startswith("shard=")] or None,
+                      started_at=part["started_at"].min(), finished_at=part["finished_at"].max())
+        n = int(row["shard"].split("/")[1])
+        ok = part[part["status"] == "ok"]
+        have = sorted(int(str(s).split("/")[0]) for s in ok["shard"])
+        if have != list(range(n)):
+            missing = [f"{i}/{n}" for i in range(n) if i not in have]
+            merged.update(status="failed" if (part["status"] == "failed").any() else "missing",
+                          error=f"shards not done: {', '.join(missing)} ({'; '.join(part['error'].dropna().astype(str))})")
+            out.append(merged)
+            continue
+        m = {c: pd.to_numeric(ok[c], errors="coerce") for c in ok.columns if c.startswith("metrics.")}
+        size = m["metrics.n_samples"]
+        for c, v in m.items():
+            merged[c] = float((v * size).sum() / size.sum()) if v.notna().all() else None
+        for c in ("n_samples", "generated_tokens", "wall_s", "load_s"):
+            if f"metrics.{c}" in m:
+                merged[f"metrics.{c}"] = m[f"metrics.{c}"].sum()
+        for c in ("peak_memory_bytes", "kv_cache_bytes"):
+            if f"metrics.{c}" in m:
+                merged[f"metrics.{c}"] = m[f"metrics.{c}"].max()
+        tokens, wall = m["metrics.generated_tokens"].sum(), m["metrics.wall_s"].sum()
+        merged["metrics.tokens_per_s"] = tokens / wall if wall else None
+        merged["metrics.tokens_per_forward"] = tokens / (m["metrics.nfe_mean"] * size).sum()
+        if "metrics.ms_per_forward" in m:
+            merged["metrics.ms_per_forward"] = 1000 * wall / (1000 * m["metrics.wall_s"] / m["metrics.ms_per_forward"]).sum()
+        latency = []
+        for path in ok["job_path"]:
+            f = Path(str(path)) / "samples.jsonl"
+            latency = latency + [json.loads(x)["latency_s"] for x in f.read_text().splitlines()] if f.is_file() else None
+            if latency is None:
+                break
+        lat = pd.Series(latency, dtype=float)
+        merged["metrics.latency_s_median"] = lat.quantile(0.5) if latency else None
+        merged["metrics.latency_s_p90"] = lat.quantile(0.9) if latency else None
+        out.append(merged)
+    return pd.DataFrame(out)
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """results.py: atomic writes, the config hash, the sweep table, the env stamp."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -35,12 +36,26 @@ def test_config_hash_ignores_run_only_keys_only():
     assert len(h) == 64 and int(h, 16) >= 0
 
 
+def _set(config: dict, dotted: str, value) -> dict:
+    out = copy.deepcopy(config)
+    *parents, leaf = dotted.split(".")
+    node = out
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return out
+
+
 def test_keys_added_later_keep_old_hashes_at_their_old_value():
-    old = {"cache": {"name": "dual"}, "gen_length": 48, "graphs": False}
+    old = {"cache": {"name": "dual"}, "gen_length": 48, "graphs": False, "task": {"name": "humaneval"}}
     h = R.config_hash(old, RUN_ONLY_KEYS)
     for key, value in R.LATER_KEYS.items():
-        assert R.config_hash(dict(old, **{key: value}), RUN_ONLY_KEYS) == h  # folders from before stay done
-        assert R.config_hash(dict(old, **{key: not value}), RUN_ONLY_KEYS) != h
+        assert R.config_hash(_set(old, key, value), RUN_ONLY_KEYS) == h  # folders from before stay done
+        assert R.config_hash(_set(old, key, not value), RUN_ONLY_KEYS) != h
+    assert R.config_hash(_set(old, "shard", "0/2"), RUN_ONLY_KEYS) != R.config_hash(_set(old, "shard", "1/2"), RUN_ONLY_KEYS)
+    later = _set(old, "task.protocol", "clean")
+    R.config_hash(later, RUN_ONLY_KEYS)
+    assert later["task"] == {"name": "humaneval", "protocol": "clean"}  # the caller's dict is not modified
 
 
 def _job(sweep, name, status, chash, acc):

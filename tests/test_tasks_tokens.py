@@ -8,8 +8,9 @@ SPECIALS = ["<pad>", "<bos>", "<eos>", "<mask>", "<unk>"]
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyzQ:+-=#. \n"
 
 
-def char_tokenizer(chat_template: str | None = None):
-    """One token per character, BOS added on plain encoding (like LLaDA's tokenizer)."""
+def char_tokenizer(chat_template: str | None = None, add_bos: bool = True):
+    """One token per character; BOS added on encoding with special tokens (like LLaDA's tokenizer)
+    unless ``add_bos=False`` (like Dream's)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -17,7 +18,8 @@ def char_tokenizer(chat_template: str | None = None):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     tok.add_special_tokens(SPECIALS)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
                                    mask_token="<mask>", unk_token="<unk>", chat_template=chat_template,

@@ -73,6 +73,8 @@ class RunConfig:
     stop_at_eos: bool = False
     graphs: bool = False  # static-shape steps, CUDA graphs on a GPU (same tokens as eager)
     fused: bool = False   # torch.compile-fused RMSNorm / RoPE / SwiGLU (models/ops.py)
+    protocol: str = "clean"          # prompt encoding + output post-processing: clean | reference (tasks/protocol.py)
+    shard: Optional[str] = None      # "i/n": this job runs the i-th of n parts of the cell's samples
     num_threads: Optional[int] = None  # torch threads; null: cpu_count // n_parallel
     n_parallel: int = 1              # jobs running at once on this machine (submitit_local: all)
     force: bool = False              # rerun even when the sweep folder holds an ok result
@@ -183,12 +185,30 @@ def build_plugins_one(cfg, node: str):
     return from_spec(CACHES if node == "cache" else RULES, OmegaConf.to_container(cfg[node], resolve=True))
 
 
+def shard_range(total: int, shard: str | None) -> tuple[int, int]:
+    """[lo, hi) of the samples that ``shard="i/n"`` runs out of ``total`` (all of them for None):
+    the i-th of n contiguous parts, sizes differing by at most one."""
+    if shard is None:
+        return 0, total
+    i, n = parse_shard(shard)
+    return total * i // n, total * (i + 1) // n
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; a one-line ValueError otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+    if not m or not int(m[1]) < int(m[2]):
+        raise ValueError(f"shard={shard!r} must be 'i/n' with 0 <= i < n (e.g. shard=0/4)")
+    return int(m[1]), int(m[2])
+
+
 def validate(cfg) -> None:
     """Raise one ``ConfigError`` listing every invalid value of a composed config (no model needed)."""
     import torch
 
     from .decoding.generate import graphs_unsupported
     from .models.loading import _DTYPES
+    from .tasks.protocol import PROTOCOLS
 
     bad: list[str] = []
     cache = rule = None
@@ -239,6 +259,14 @@ def validate(cfg) -> None:
         bad.append(f"num_threads={cfg.num_threads} must be >= 1")
     if cfg.n_parallel < 1:
         bad.append(f"n_parallel={cfg.n_parallel} must be >= 1")
+    bad.append(_choice("protocol", cfg.protocol, PROTOCOLS))
+    if cfg.shard is not None:
+        try:
+            _, n = parse_shard(cfg.shard)
+            if cfg.n_samples is not None and n > cfg.n_samples:
+                bad.append(f"shard={cfg.shard} splits n_samples={cfg.n_samples} into more parts than samples")
+        except ValueError as e:
+            bad.append(str(e))
     try:
         dev = torch.device(cfg.device)
         if dev.type == "cuda" and not torch.cuda.is_available():

@@ -20,9 +20,11 @@ from .metrics.timing import LoadMeter, Stopwatch, percentile
 from .tasks.tokens import decode_generated
 
 
-def generate_all(model, tokenizer, prompts: list, engine: dict, *, batch_size: int, stop_ids, stop_sequences=(),
-                 generator=None, metrics=(), progress=None) -> tuple[list[dict], dict]:
-    """The accuracy pass. Returns (rows, info): a row per prompt with ``output``,
+def generate_all(model, tokenizer, prompts: list, engine: dict, *, batch_size: int, stop_ids=(), stop_sequences=(),
+                 postprocess=None, generator=None, metrics=(), progress=None) -> tuple[list[dict], dict]:
+    """The accuracy pass. ``postprocess(i, token_ids) -> (text, n_tokens)`` turns prompt i's
+    generated ids into its output (default: cut at ``stop_ids`` and ``stop_sequences``, the clean
+    protocol). Returns (rows, info): a row per prompt with ``output``,
     ``n_generated_tokens``, ``nfe`` (its own forward count), ``remasked``, ``batch_latency_s``,
     ``batch_size``, ``cache_refreshes``; info: ``wall_s``, ``batch_nfe``, ``kv_cache_bytes``."""
     device = model.device
@@ -40,7 +42,8 @@ def generate_all(model, tokenizer, prompts: list, engine: dict, *, batch_size: i
             kv_bytes = max(kv_bytes, cache.kv_bytes(model, len(batch), max(len(p) for p in batch) + engine["gen_length"]))
         new = []
         for r in range(len(batch)):
-            text, n_tok = decode_generated(res.tokens[r], stop_ids, tokenizer, stop_sequences)
+            text, n_tok = (postprocess(lo + r, res.tokens[r]) if postprocess is not None else
+                           decode_generated(res.tokens[r], stop_ids, tokenizer, stop_sequences))
             new.append({"output": text, "n_generated_tokens": n_tok, "nfe": res.nfe_per_row[r],
                         "remasked": res.remasked_per_row[r] if res.remasked_per_row else 0,
                         "batch_latency_s": sw.seconds, "batch_size": len(batch), "cache_refreshes": res.refreshes})

@@ -12,6 +12,10 @@ message). A job whose config hash already has a trusted ``status: ok`` result in
 missing; a cell another launcher is computing is skipped too (``claims``). Every path rebuilds
 sweep.csv. Nothing here branches on a cache or decoding name: they are passed through to
 ``generate``.
+Prompts are encoded and outputs post-processed by the evaluation protocol (``protocol=clean|reference``,
+``dllm_bench.tasks.protocol``), the same code as the lm-eval adapter. ``shard=i/n`` runs the i-th of n
+contiguous parts of the cell's samples as a job of its own (its own config hash);
+``analysis.load_sweep`` merges the shards back into one cell.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import generate, load_model, load_tokenizer
 from .claims import Claim, describe
-from .config import RUN_ONLY_KEYS, ConfigError, build_plugins, validate
+from .config import RUN_ONLY_KEYS, ConfigError, build_plugins, shard_range, validate
 from .evaluate import generate_all, paired_speedup, speed_metrics, time_engines
 from .logging_wandb import NullLogger
 from .metrics import build_metrics, run_extra_pass
@@ -40,7 +44,8 @@ from .models.loading import check_checkpoint, resolve_dtype
 from .models.ops import use_fused
 from .results import (RESULTS, SCHEMA_VERSION, atomic_write_text, config_hash, env_stamp, find_done, mark_mirrored,
                       mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
-from .tasks import encode_prompt, score_all
+from .tasks import score_all
+from .tasks.protocol import EvalProtocol
 from .tasks.tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -85,13 +90,16 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict]:
     interleaved with the baseline when asked); scoring; metrics' extra pass.
     Returns (metrics, sample rows, extra results.json sections)."""
     device = torch.device(cfg.device)
+    every = task.samples(cfg.n_samples, seed=cfg.seed)
+    samples = every[slice(*shard_range(len(every), cfg.shard))]  # all of them unless cfg.shard is set
+    if not samples:
+        raise ValueError(f"shard={cfg.shard} holds none of the task's {len(every)} samples")
     t0 = time.perf_counter()
     model = use_fused(load_model(model_path, device=device, dtype=resolve_dtype(cfg.dtype)), cfg.fused)
     tok = instantiate(cfg.model.tokenizer) if cfg.model.tokenizer else load_tokenizer(model_path)
     load_s = time.perf_counter() - t0
-    samples = task.samples(cfg.n_samples, seed=cfg.seed)
-    prompts = [torch.tensor(encode_prompt(tok, s.prompt, cfg.model.instruct and s.meta.get("chat", True)))
-               for s in samples]
+    protocol = EvalProtocol(cfg.protocol, cfg.model.family, cfg.model.instruct)
+    prompts = [torch.tensor(protocol.encode(tok, s.prompt, chat=s.meta.get("chat", True))) for s in samples]
     stop_ids = stop_token_ids(tok, model.config.eos_token_id)
     engine = engine_kwargs(cfg)
     seed = cfg.seed if engine["decoding"].temperature > 0 else None
@@ -101,8 +109,10 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict]:
 
     bar = tqdm(total=len(samples), desc=f"{cfg.model.name}/{cfg.cache.name}/{cfg.decoding.name}",
                disable=not cfg.progress, leave=False)
-    rows, info = generate_all(model, tok, prompts, engine, batch_size=cfg.batch_size, stop_ids=stop_ids,
-                              stop_sequences=task.stop_sequences, generator=gen, metrics=metrics, progress=bar.update)
+    rows, info = generate_all(model, tok, prompts, engine, batch_size=cfg.batch_size, generator=gen, metrics=metrics,
+                              postprocess=lambda i, ids: protocol.postprocess(ids, tok, stop_ids, task.stop_sequences,
+                                                                              samples[i].meta.get("doc")),
+                              progress=bar.update)
     bar.close()
     peak = peak_memory_bytes(device)
     for row, s in zip(rows, samples):

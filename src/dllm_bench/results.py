@@ -57,9 +57,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-# Top-level keys added after sweeps already existed, with the value that reproduces the old behaviour:
-# left out of the hash at that value, so folders written before the key existed stay resumable.
-LATER_KEYS = {"fused": False, "cfg_scale": 0.0, "timing": asdict(TimingConf())}
+# Keys (dotted for nested ones) added after sweeps already existed, with the value that reproduces the
+# old behaviour: left out of the hash at that value, so folders written before the key existed stay
+# resumable. A shard's hash keeps its `shard`: shards of one cell are different jobs.
+LATER_KEYS = {"fused": False, "cfg_scale": 0.0, "timing": asdict(TimingConf()), "protocol": "clean", "shard": None,
+              "task.protocol": "clean"}
 # Keys renamed since (new name -> the name hashed), and plugin-node keys the hash fills in at their
 # old value when a plugin does not take them (the decoding node once listed every rule's argument).
 RENAMED_KEYS = {"measure": "metrics"}
@@ -68,7 +70,8 @@ LEGACY_NODES = {"decoding": {"threshold": None, "factor": None, "temperature": 0
 
 
 def _canonical(config: dict) -> dict:
-    """The config as hashed: ``_target_`` paths dropped (a plugin is identified by its name)."""
+    """The config as hashed: ``_target_`` paths dropped (a plugin is identified by its name), renamed
+    keys under their old names, later-added keys at their old value left out."""
     out = {RENAMED_KEYS.get(k, k): v for k, v in config.items()}
     for node in ("cache", "decoding"):
         if isinstance(out.get(node), dict):
@@ -76,14 +79,23 @@ def _canonical(config: dict) -> dict:
     for node, old in LEGACY_NODES.items():
         if isinstance(out.get(node), dict):
             out[node] = {**old, **out[node]}
+    for key, old in LATER_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                break
+            node[p] = node = dict(node[p])
+        else:
+            if leaf in node and node[leaf] == old:
+                del node[leaf]
     return out
 
 
 def config_hash(config: dict, run_only: Iterable[str] = ()) -> str:
     """sha256 of the canonical JSON of the resolved config minus the run-only top-level keys
     (and minus later-added keys at their old-behaviour value, see ``LATER_KEYS``)."""
-    kept = {k: v for k, v in _canonical(config).items()
-            if k not in set(run_only) and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    kept = {k: v for k, v in _canonical(config).items() if k not in set(run_only)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

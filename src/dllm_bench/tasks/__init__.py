@@ -18,6 +18,7 @@ import inspect
 from typing import Callable
 
 from .base import Sample, Score, Task, cut_at_stop, score_all
+from .protocol import PROTOCOLS, EvalProtocol
 from .tokens import count_generated_tokens, decode_generated, encode_prompt
 
 TASK_FILES = {
@@ -64,5 +65,5 @@ def get_task(name: str, **kwargs) -> Task:
     return TASKS[name](**kwargs)
 
 
-__all__ = ["Sample", "Score", "Task", "TASKS", "TASK_FILES", "count_generated_tokens", "cut_at_stop",
-           "decode_generated", "encode_prompt", "get_task", "score_all"]
+__all__ = ["EvalProtocol", "PROTOCOLS", "Sample", "Score", "Task", "TASKS", "TASK_FILES", "count_generated_tokens",
+           "cut_at_stop", "decode_generated", "encode_prompt", "get_task", "score_all"]

@@ -2,8 +2,9 @@
 
 A task knows nothing of the engine. The job (``dllm_bench.job``) asks a task for its samples,
 encodes ``sample.prompt`` (applying the tokenizer's chat template when the model is an instruct
-model and ``sample.chat`` allows it), generates, decodes the generated tokens up to the first EOS /
-stop sequence, and hands that text back to ``task.score``.
+model and ``sample.meta["chat"]`` does not forbid it), generates, post-processes the generated
+tokens by the run's evaluation protocol (``clean``: up to the first EOS / stop sequence; see
+``dllm_bench.tasks.protocol``), and hands that text back to ``task.score``.
 """
 from __future__ import annotations
 

@@ -38,8 +38,14 @@ class Benchmark:
     keys: tuple[str, ...]                    # fields every row needs
     code: bool = False
     prediction: Callable[[dict, str], str] | None = None  # code tasks: (doc, output) -> program body
+    reference_prediction: Callable[[dict, str], str] | None = None  # the same under protocol=reference
     metric: str = "exact_match"
     primary_filter: str = "none"
+
+
+def _reference_humaneval(doc: dict, output: str) -> str:
+    from .sanitize import reference_program
+    return reference_program(doc, output)
 
 
 _MATH_SUBJECTS = ("algebra", "counting_and_prob", "geometry", "intermediate_algebra", "num_theory",
@@ -55,7 +61,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("humaneval", ("humaneval/humaneval.yaml",), "openai/openai_humaneval",
               lambda cfg: {"test": ("HumanEval.jsonl.gz", "HumanEval.jsonl")},
               ("task_id", "prompt", "canonical_solution", "test", "entry_point"), code=True,
-              prediction=lambda doc, out: doc["prompt"] + out),
+              prediction=lambda doc, out: doc["prompt"] + out, reference_prediction=_reference_humaneval),
     Benchmark("mbpp", ("mbpp/mbpp.yaml",), "google-research-datasets/mbpp (config full)",
               lambda cfg: {"test": ("test.jsonl",)}, ("task_id", "text", "code", "test_list"), code=True,
               prediction=lambda doc, out: out),
@@ -121,6 +127,9 @@ class HarnessTask:
     allow_code_execution: required True for humaneval / mbpp (lm-eval's --confirm_run_unsafe_code).
     timeout_s, memory_mb, workers: per-program limits and pool size for code execution.
     fewshot_seed: if set, the few-shot seed used whatever ``samples`` is passed.
+    protocol: ``clean`` or ``reference`` (``dllm_bench.tasks.protocol``); only HumanEval scores
+        differently: under ``reference`` its program is Fast-dLLM's post-processed code
+        (``dllm_bench.tasks.sanitize``) instead of lm-eval's prompt + completion.
     metric / primary_filter: which harness metric under which filter is ``Score.correct``
         (default: exact_match, gsm8k ``flexible-extract``); every metric x filter is in ``Score.extra``.
     """
@@ -128,8 +137,12 @@ class HarnessTask:
     def __init__(self, name: str, data_dir: str | Path | None = None, num_fewshot: int | None = None,
                  allow_code_execution: bool = False, timeout_s: float = 3.0, memory_mb: int = 1024,
                  workers: int | None = None, metric: str | None = None, primary_filter: str | None = None,
-                 fewshot_seed: int | None = None):
+                 fewshot_seed: int | None = None, protocol: str = "clean"):
+        from .protocol import PROTOCOLS
+
         bench = BENCHMARKS[name]
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
         if bench.code and allow_code_execution is not True:
             raise ValueError(f"task {name!r} executes model-written code; opt in with "
                              f"allow_code_execution=True (sweep: task.allow_code_execution=true)")
@@ -141,7 +154,9 @@ class HarnessTask:
             raise ValueError(f"memory_mb must be an int >= 64, got {memory_mb!r}")
         if fewshot_seed is not None and type(fewshot_seed) is not int:
             raise ValueError(f"fewshot_seed must be an int or None, got {fewshot_seed!r}")
-        self.name, self._bench, self.fewshot_seed = name, bench, fewshot_seed
+        self.name, self._bench, self.fewshot_seed, self.protocol = name, bench, fewshot_seed, protocol
+        self._prediction = (bench.reference_prediction if protocol == "reference" and bench.reference_prediction
+                            else bench.prediction)
         self.requires_code_execution = bench.code
         self.timeout_s, self.memory_mb, self.workers = timeout_s, memory_mb, workers
         self.metric = metric or bench.metric
@@ -267,15 +282,18 @@ class HarnessTask:
 
     def program(self, sample: Sample, output: str) -> str:
         """The program a code task runs for this output: the prediction, then the doc's tests."""
-        t = self._task_for(sample)
-        return self._bench.prediction(sample.meta["doc"], output) + "\n" + t.doc_to_target(sample.meta["doc"])
+        return self._program(sample, self._prediction(sample.meta["doc"], output))
+
+    def _program(self, sample: Sample, prediction: str) -> str:
+        return prediction + "\n" + self._task_for(sample).doc_to_target(sample.meta["doc"])
 
     def _score_code(self, samples: list[Sample], outputs: list[str]) -> list[Score]:
         from .sandbox import run_programs
 
-        programs = [self.program(s, o) for s, o in zip(samples, outputs)]
+        predictions = [self._prediction(s.meta["doc"], o) for s, o in zip(samples, outputs)]
+        programs = [self._program(s, p) for s, p in zip(samples, predictions)]
         results = run_programs(programs, self.timeout_s, self.memory_mb, self.workers)
-        return [Score(extracted=self._bench.prediction(s.meta["doc"], o), correct=r.passed,
+        return [Score(extracted=p, correct=r.passed,
                       extra={"pass@1": float(r.passed), "status": r.status, "detail": r.detail,
                              "exec_seconds": r.seconds})
-                for s, o, r in zip(samples, outputs, results)]
+                for p, r in zip(predictions, results)]

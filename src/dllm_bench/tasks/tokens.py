@@ -1,9 +1,11 @@
-"""Prompt encoding and generated-token accounting, shared by the job, the lm-eval adapter and bench.
+"""Prompt encoding and generated-token accounting of the ``clean`` protocol; the job and the lm-eval
+adapter reach them through ``dllm_bench.tasks.protocol.EvalProtocol``.
 
 ``encode_prompt`` turns a task prompt into token ids (through the tokenizer's chat template for
-instruct models). ``decode_generated`` is THE place where generated ids become the text a task
-scores and the token count that throughput divides by: both stop at the first EOS id and at the
-first stop sequence, and never include the prompt. ``count_generated_tokens`` is its count alone.
+instruct models). ``decode_generated`` is THE place where generated ids become the token count that
+throughput divides by (under either protocol) and the clean protocol's text: both stop at the first
+EOS id and at the first stop sequence, and never include the prompt. ``count_generated_tokens`` is
+its count alone.
 
 Chat prompts: the whole prompt (few-shot context included) becomes ONE user message, which is what
 lm-eval does with ``--apply_chat_template`` without ``--fewshot_as_multiturn``; the multi-turn
