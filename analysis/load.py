@@ -84,10 +84,10 @@ def load_sweeps(paths) -> pd.DataFrame:
 def merge_shards(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: the jobs of a cell run in shards (config `shard` = "i/n", the same overrides
     otherwise, or the same config where overrides are unknown) become one row, where the first shard stood. With every shard ok, its metrics are
-    those of the whole cell: sums (n_samples, generated_tokens, wall_s, load_s), maxima (peak and
-    KV-cache bytes), ratios recomputed from the sums (tokens_per_s, tokens_per_forward,
-    ms_per_forward), latency median / p90 from the shards' samples.jsonl (NaN without them), and
-    every other metric averaged weighted by n_samples; `job_dir` joins the shards' folders with " + ", and
+    those of the whole cell: sums (n_samples, generated_tokens, accuracy_pass_s, timed_samples,
+    load_s), maxima (peak and KV-cache bytes), tokens_per_forward recomputed from the sums, and every
+    other metric (speed medians and quartiles of each shard's own timed pass included) averaged
+    weighted by n_samples; `job_dir` joins the shards' folders with " + ", and
     `config_hash` is None. A cell missing a shard, or with a failed one, is one row with status
     "failed" / "missing", no metrics and an error naming the shards. Rows without `shard` pass as is.
     """
@@ -131,26 +131,13 @@ def merge_shards(df: pd.DataFrame) -> pd.DataFrame:
         size = m["metrics.n_samples"]
         for c, v in m.items():
             merged[c] = float((v * size).sum() / size.sum()) if v.notna().all() else None
-        for c in ("n_samples", "generated_tokens", "wall_s", "load_s"):
+        for c in ("n_samples", "generated_tokens", "accuracy_pass_s", "timed_samples", "load_s"):
             if f"metrics.{c}" in m:
                 merged[f"metrics.{c}"] = m[f"metrics.{c}"].sum()
         for c in ("peak_memory_bytes", "kv_cache_bytes"):
             if f"metrics.{c}" in m:
                 merged[f"metrics.{c}"] = m[f"metrics.{c}"].max()
-        tokens, wall = m["metrics.generated_tokens"].sum(), m["metrics.wall_s"].sum()
-        merged["metrics.tokens_per_s"] = tokens / wall if wall else None
-        merged["metrics.tokens_per_forward"] = tokens / (m["metrics.nfe_mean"] * size).sum()
-        if "metrics.ms_per_forward" in m:
-            merged["metrics.ms_per_forward"] = 1000 * wall / (1000 * m["metrics.wall_s"] / m["metrics.ms_per_forward"]).sum()
-        latency = []
-        for path in ok["job_path"]:
-            f = Path(str(path)) / "samples.jsonl"
-            latency = latency + [json.loads(x)["latency_s"] for x in f.read_text().splitlines()] if f.is_file() else None
-            if latency is None:
-                break
-        lat = pd.Series(latency, dtype=float)
-        merged["metrics.latency_s_median"] = lat.quantile(0.5) if latency else None
-        merged["metrics.latency_s_p90"] = lat.quantile(0.9) if latency else None
+        merged["metrics.tokens_per_forward"] = m["metrics.generated_tokens"].sum() / (m["metrics.nfe_mean"] * size).sum()
         out.append(merged)
     return pd.DataFrame(out)
 

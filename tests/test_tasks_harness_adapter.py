@@ -92,8 +92,12 @@ def test_timing_file_and_loglikelihood_errors(tiny, tmp_path):
 
 def test_bad_model_args(tiny):
     model, tok = tiny
-    with pytest.raises(ValueError, match="unknown dllm_bench model arg.*'cahce'"):
+    with pytest.raises(ValueError, match="unknown argument cahce='dual' for decoding 'fixed'"):
         DllmBenchLM(model=model, tokenizer=tok, cahce="dual")
+    with pytest.raises(ValueError, match="threshold must be a finite number in \\(0, 1\\], got 1.5"):
+        DllmBenchLM(pretrained="/no/such/folder", decoding="threshold", threshold=1.5)  # before any loading
+    with pytest.raises(ValueError, match="unknown decoding 'wnio'"):
+        DllmBenchLM(pretrained="/no/such/folder", decoding="wnio")
     with pytest.raises(ValueError, match="batch_size must be an int, got 'auto'"):
         DllmBenchLM(model=model, tokenizer=tok, batch_size="auto")
     with pytest.raises(ValueError, match="unknown protocol 'paper'; valid: clean, reference"):

@@ -50,7 +50,7 @@ from .tokens import stop_token_ids
 log = logging.getLogger(__name__)
 
 _GENERATE_ARGS = ("gen_length", "block_length", "steps", "cache", "decoding", "threshold", "factor",
-                  "remasking", "stop_at_eos")
+                  "remasking", "stop_at_eos", "cfg_scale")  # + any argument of the chosen cache / rule
 _OTHER_ARGS = ("pretrained", "protocol", "instruct", "chat", "family", "dtype", "warmup", "timing_path", "seed",
                "show_speed")
 _PROCESS_SPEED: dict = {}  # this process's latest speed summary, for the all-ranks report at the end of main()
@@ -77,15 +77,20 @@ class DllmBenchLM(LM):
     def __init__(self, pretrained: str | None = None, model=None, tokenizer=None, gen_length: int = 256,
                  block_length: int | None = 32, steps: int | None = None, cache: str = "none",
                  decoding: str = "fixed", threshold: float | None = None, factor: float | None = None,
-                 remasking: str = "low_confidence", stop_at_eos: bool = False, protocol: str = "reference",
+                 remasking: str = "low_confidence", stop_at_eos: bool = False, cfg_scale: float = 0.0,
+                 protocol: str = "reference",
                  instruct: bool | None = None, chat: bool | None = None, family: str | None = None,
                  dtype: str | None = None, device: str | None = None, batch_size: int | str = 1,
                  max_batch_size: int | None = None, warmup: bool = True, timing_path: str | None = None,
-                 seed: int = 0, show_speed: bool = True, **unknown):
+                 seed: int = 0, show_speed: bool = True, **plugin_args):
         super().__init__()
-        if unknown:
+        from ..decoding import build_plugins
+
+        try:  # the cache's and rule's own arguments (e.g. gamma=0.01): checked before the model loads
+            build_plugins(cache, decoding, threshold=threshold, factor=factor, remasking=remasking, **plugin_args)
+        except ValueError as e:
             valid = ", ".join(("pretrained", *_GENERATE_ARGS, *_OTHER_ARGS[1:]))
-            raise ValueError(f"unknown dllm_bench model arg(s) {', '.join(map(repr, unknown))}; valid: {valid}")
+            raise ValueError(f"dllm_bench model args: {e}; adapter args: {valid}") from None
         if (pretrained is None) == (model is None):
             raise ValueError("give exactly one of pretrained=<checkpoint folder or hub id> or model=<loaded model>")
         try:
@@ -121,7 +126,7 @@ class DllmBenchLM(LM):
         self.protocol = EvalProtocol(protocol, family or model.config.arch, self.instruct)
         self.gen_settings = dict(gen_length=gen_length, block_length=block_length, steps=steps, cache=cache,
                                  decoding=decoding, threshold=threshold, factor=factor, remasking=remasking,
-                                 stop_at_eos=stop_at_eos)
+                                 stop_at_eos=stop_at_eos, cfg_scale=cfg_scale, **plugin_args)
         self.eos_ids = stop_token_ids(tokenizer, model.config.eos_token_id)
         self.warmup, self.seed, self.show_speed = warmup, seed, show_speed
         self.timing_path = Path(timing_path) if timing_path else None
