@@ -22,7 +22,8 @@ its end. Two modes:
 ``weak`` (opt-in, for machines without bwrap or user namespaces) is a plain ``python`` subprocess in
 a private temporary working directory with the same environment, resource limits, timeout (its
 session is killed) and, where the kernel allows it, the same seccomp filter; it has the user's view
-of the filesystem and processes, so a program can read and write the user's files.
+of the filesystem and processes, so a program can read and write the user's files (and, through
+``/proc/self/mem``, its own memory, where a determined program could find the pass token).
 
 In both modes a pass is reported through a pipe with a per-run random token that the program is
 never given (see ``_sandbox_boot.py``): creating a marker file, printing, ``sys.exit(0)`` or
@@ -164,25 +165,28 @@ def _execute(program: str, timeout_s: float, memory_mb: int, strict: bool) -> Ex
             fh.write(program)
         token_fd, filter_fd = _pipe_with(token), _pipe_with(seccomp_filter())
         status_r, status_w = os.pipe()
-        info_r, info_w = os.pipe()  # bwrap writes {"child-pid": <the pid namespace's init>} there
-        fds = (token_fd, status_w, filter_fd, info_w)
-        limits = [str(memory_mb << 20), str(int(timeout_s) + 1)]
+        info_r, info_w = os.pipe()  # strict: bwrap writes {"child-pid": <the pid namespace's init>} there
+        args = [str(token_fd), str(status_w), str(memory_mb << 20), str(int(timeout_s) + 1)]
         if strict:
-            cwd, env, prog = tmp, {}, "/sandbox/program.py"
+            cwd, env, fds = tmp, {}, (token_fd, status_w, filter_fd, info_w)
             cmd = _bwrap_argv(shutil.which("bwrap") or "bwrap", host_prog, filter_fd, info_w)
-            cmd += ["-c", _BOOT, prog, str(token_fd), str(status_w), *limits, "-1"]
+            cmd += ["-c", _BOOT, "/sandbox/program.py", *args, "-1"]
         else:
-            work = os.path.join(tmp, "work")
-            os.mkdir(work)
-            cwd, env, prog = work, {**_ENV, "HOME": work}, host_prog
-            cmd = [sys.executable, "-c", _BOOT, prog, str(token_fd), str(status_w), *limits, str(filter_fd)]
+            cwd = os.path.join(tmp, "work")
+            os.mkdir(cwd)
+            env, fds = {**_ENV, "HOME": cwd}, (token_fd, status_w, filter_fd)
+            cmd = [sys.executable, "-c", _BOOT, host_prog, *args, str(filter_fd)]
         start = time.perf_counter()
         try:
             with open(err_path, "wb") as err:
                 proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=err, pass_fds=fds, start_new_session=True)
+        except BaseException:
+            os.close(status_r)
+            os.close(info_r)
+            raise
         finally:
-            for fd in fds:
+            for fd in (token_fd, status_w, filter_fd, info_w):
                 os.close(fd)
         try:
             proc.wait(timeout=timeout_s)
