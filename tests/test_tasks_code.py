@@ -1,22 +1,27 @@
-"""Code execution: HumanEval canonical solutions pass 164/164 through the project's path, a broken
-copy fails, an infinite loop is cut by the timeout and the run goes on; no network in the sandbox;
-MBPP prompts come from lm-eval's own template and few-shot examples."""
+"""Code execution: HumanEval canonical solutions pass 164/164 through the project's path (in the
+strict sandbox wherever it can exist), a broken copy fails, an infinite loop is cut by the timeout and
+the run goes on; MBPP prompts come from lm-eval's own template and few-shot examples. What the
+sandbox blocks is tested in test_sandbox.py."""
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from dllm_bench.tasks import get_task
-from dllm_bench.tasks.sandbox import network_isolation, run_program
+from dllm_bench.tasks.sandbox import sandbox_problem
 
 HUMANEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "humaneval"
 needs_humaneval = pytest.mark.skipif(not HUMANEVAL.is_dir(), reason=f"offline data not found at {HUMANEVAL}")
+# strict wherever its isolation can exist (always as root, as in CI); the explicit weak mode elsewhere
+SANDBOX = "strict" if sandbox_problem() is None or os.geteuid() == 0 else "weak"
 
 
 @pytest.fixture(scope="module")
 def humaneval():
     # generous timeout: the canonical solutions must pass on a loaded 2-core machine
-    return get_task("humaneval", data_dir=HUMANEVAL, allow_code_execution=True, timeout_s=15, workers=4)
+    return get_task("humaneval", data_dir=HUMANEVAL, allow_code_execution=True, timeout_s=15, workers=4,
+                    sandbox=SANDBOX)
 
 
 @needs_humaneval
@@ -35,7 +40,8 @@ def test_canonical_solutions_pass_and_broken_fail(humaneval):
 
 @needs_humaneval
 def test_infinite_loop_is_cut_and_scoring_continues():
-    task = get_task("humaneval", data_dir=HUMANEVAL, allow_code_execution=True, timeout_s=1.5, workers=2)
+    task = get_task("humaneval", data_dir=HUMANEVAL, allow_code_execution=True, timeout_s=1.5, workers=2,
+                    sandbox=SANDBOX)
     s = task.samples(3)
     forever = "    while True:\n        pass\n"
     loop, ok, loop2 = task.score_batch(s, [forever, s[1].meta["doc"]["canonical_solution"], forever])
@@ -48,29 +54,12 @@ def test_infinite_loop_is_cut_and_scoring_continues():
     assert prog.rstrip().endswith(f"check({s[0].meta['doc']['entry_point']})")
 
 
-def test_sandbox_has_no_network_and_limits_memory():
-    net = run_program("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)")
-    assert not net.passed and "network" in net.detail
-    mem = run_program("x = bytearray(3 << 30)", memory_mb=512)
-    assert not mem.passed and "MemoryError" in mem.detail
-    assert network_isolation() in ("netns+socket-patch", "socket-patch")
-
-
-def test_sandbox_early_exit_and_destructive_calls_fail(tmp_path):
-    assert not run_program("import sys\nsys.exit(0)\nassert False").passed
-    victim = tmp_path / "keep.txt"
-    victim.write_text("x")
-    res = run_program(f"import os\nos.remove({str(victim)!r})")
-    assert not res.passed and victim.exists()
-    assert run_program("import math, re, collections, hashlib\nassert math.gcd(4, 6) == 2").passed
-
-
 def test_mbpp_prompt_and_scoring_from_local_file(tmp_path):
     rows = [{"task_id": 11, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n  return a + b",
              "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"],
              "test_setup_code": "", "challenge_test_list": []}]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = get_task("mbpp", data_dir=tmp_path, allow_code_execution=True)
+    task = get_task("mbpp", data_dir=tmp_path, allow_code_execution=True, sandbox=SANDBOX)
     (s,) = task.samples()
     assert task.num_fewshot == 3 and task.stop_sequences == ["[DONE]"]
     # three harness few-shot examples (MBPP tasks 2, 3, 4), each closed by [DONE], then the question

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from .base import Sample, Score
 from .data import local_files
+from .sandbox import MODES, check_sandbox, run_programs
 
 HARNESS_FEWSHOT_SEED = 1234  # lm-eval's default --fewshot_seed
 
@@ -126,6 +127,9 @@ class HarnessTask:
     num_fewshot: None keeps the harness's default (gsm8k 5, minerva_math 4, humaneval 0, mbpp 3).
     allow_code_execution: required True for humaneval / mbpp (lm-eval's --confirm_run_unsafe_code).
     timeout_s, memory_mb, workers: per-program limits and pool size for code execution.
+    sandbox: how code runs (``dllm_bench.tasks.sandbox``): "strict" (bubblewrap namespaces + seccomp;
+        refused with the missing piece named where it cannot be set up) or "weak" (an explicit opt-in
+        to a plain limited subprocess).
     fewshot_seed: if set, the few-shot seed used whatever ``samples`` is passed.
     protocol: ``clean`` or ``reference`` (``dllm_bench.tasks.protocol``); only HumanEval scores
         differently: under ``reference`` its program is Fast-dLLM's post-processed code
@@ -137,7 +141,7 @@ class HarnessTask:
     def __init__(self, name: str, data_dir: str | Path | None = None, num_fewshot: int | None = None,
                  allow_code_execution: bool = False, timeout_s: float = 3.0, memory_mb: int = 1024,
                  workers: int | None = None, metric: str | None = None, primary_filter: str | None = None,
-                 fewshot_seed: int | None = None, protocol: str = "clean"):
+                 fewshot_seed: int | None = None, protocol: str = "clean", sandbox: str = "strict"):
         from .protocol import PROTOCOLS
 
         bench = BENCHMARKS[name]
@@ -146,6 +150,8 @@ class HarnessTask:
         if bench.code and allow_code_execution is not True:
             raise ValueError(f"task {name!r} executes model-written code; opt in with "
                              f"allow_code_execution=True (sweep: task.allow_code_execution=true)")
+        if sandbox not in MODES:
+            raise ValueError(f"unknown sandbox {sandbox!r}; valid: {', '.join(MODES)}")
         if num_fewshot is not None and (type(num_fewshot) is not int or num_fewshot < 0):
             raise ValueError(f"num_fewshot must be an int >= 0, got {num_fewshot!r}")
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -154,11 +160,13 @@ class HarnessTask:
             raise ValueError(f"memory_mb must be an int >= 64, got {memory_mb!r}")
         if fewshot_seed is not None and type(fewshot_seed) is not int:
             raise ValueError(f"fewshot_seed must be an int or None, got {fewshot_seed!r}")
+        if bench.code:
+            check_sandbox(sandbox)  # refuses here, before any model loads, when it cannot run
         self.name, self._bench, self.fewshot_seed, self.protocol = name, bench, fewshot_seed, protocol
         self._prediction = (bench.reference_prediction if protocol == "reference" and bench.reference_prediction
                             else bench.prediction)
         self.requires_code_execution = bench.code
-        self.timeout_s, self.memory_mb, self.workers = timeout_s, memory_mb, workers
+        self.timeout_s, self.memory_mb, self.workers, self.sandbox = timeout_s, memory_mb, workers, sandbox
         self.metric = metric or bench.metric
         self.primary_filter = primary_filter or bench.primary_filter
         self.data_dir = None if data_dir is None else str(data_dir)
@@ -288,11 +296,9 @@ class HarnessTask:
         return prediction + "\n" + self._task_for(sample).doc_to_target(sample.meta["doc"])
 
     def _score_code(self, samples: list[Sample], outputs: list[str]) -> list[Score]:
-        from .sandbox import run_programs
-
         predictions = [self._prediction(s.meta["doc"], o) for s, o in zip(samples, outputs)]
         programs = [self._program(s, p) for s, p in zip(samples, predictions)]
-        results = run_programs(programs, self.timeout_s, self.memory_mb, self.workers)
+        results = run_programs(programs, self.timeout_s, self.memory_mb, self.workers, self.sandbox)
         return [Score(extracted=p, correct=r.passed,
                       extra={"pass@1": float(r.passed), "status": r.status, "detail": r.detail,
                              "exec_seconds": r.seconds})
