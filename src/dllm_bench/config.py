@@ -136,11 +136,30 @@ def _plugin_options(args: list[str], group: str, conf_dir: Path | None) -> list[
     return [d[group] for d in defaults if isinstance(d, dict) and group in d]
 
 
+def _added_root_key(arg: str, groups, conf_dir: Path | None) -> None:
+    """``+key=...`` / ``++key=...``: the root key (or group) must exist (``+cahce=none`` would add an
+    unused key and run the default cache)."""
+    from dataclasses import fields
+
+    head = arg.lstrip("+").split("=", 1)[0].split("@")[0].split("/")[0].split(".")[0]
+    if head.startswith("hydra"):
+        return
+    folders = sorted(p.name for p in Path(conf_dir).iterdir() if p.is_dir() and p.name != "hydra") \
+        if conf_dir else list(groups)
+    valid = [f.name for f in fields(RunConfig)] + [g for g in folders if g not in {f.name for f in fields(RunConfig)}]
+    if head not in valid:
+        near = difflib.get_close_matches(head, valid, n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ConfigError(f"unknown key {head!r} added with '+' in {arg!r}: the root config has no such key or "
+                          f"group (valid: {', '.join(valid)}){hint}")
+
+
 def check_override_keys(args: list[str], conf_dir: str | Path | None = None) -> None:
     """Raise ``ConfigError`` for a command-line override of a key that a typed node or the selected
-    plugin lacks, listing the valid keys (Hydra's own message does not). Group choices
-    (``cache=dul``) are left to Hydra, whose message lists the available options; untyped nodes
-    (task, logger) to Hydra's struct check.
+    plugin lacks, or a root key added with ``+`` that is neither a root key nor a config group,
+    listing the valid keys (Hydra's own message does not). Group choices (``cache=dul``) are left to
+    Hydra, whose message lists the available options; untyped nodes (task, logger) to Hydra's
+    struct check.
     """
     from dataclasses import fields
 
@@ -150,6 +169,8 @@ def check_override_keys(args: list[str], conf_dir: str | Path | None = None) -> 
     plugins = {"cache": CACHES, "decoding": RULES}
     groups = ("model", "cache", "decoding", "task", "logger", "experiment")
     for arg in args:
+        if arg.startswith("+") and "=" in arg:
+            _added_root_key(arg, groups, conf_dir)
         if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
             continue
         head, _, rest = arg.split("=", 1)[0].partition(".")
@@ -202,8 +223,10 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def validate(cfg) -> None:
-    """Raise one ``ConfigError`` listing every invalid value of a composed config (no model needed)."""
+def validate(cfg, check_device: bool = True) -> None:
+    """Raise one ``ConfigError`` listing every invalid value of a composed config (no model needed).
+    ``check_device=False`` skips whether this machine has the device (a launcher running the job
+    on another machine)."""
     import torch
 
     from .decoding.generate import graphs_unsupported
@@ -269,7 +292,7 @@ def validate(cfg) -> None:
             bad.append(str(e))
     try:
         dev = torch.device(cfg.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
+        if check_device and dev.type == "cuda" and not torch.cuda.is_available():
             bad.append(f"device={cfg.device!r} but CUDA is not available")
     except RuntimeError:
         bad.append(f"device={cfg.device!r} is not a torch device")

@@ -3,11 +3,14 @@ through the engine, score, measure, write results.json / samples.jsonl / sweep.c
 logger.
 
 Bad configuration (an invalid value, an unknown task argument, a missing model folder, a local
-checkpoint whose config.json or shard index is wrong) raises ``ConfigError`` before anything is
-written or loaded. Anything that goes wrong after that is recorded: the job writes ``status:
-failed`` with the error and returns normally, so a sweep goes on and a rerun retries it; only a
-failure to write the results themselves raises (``ResultsWriteError``, the job's outcome in its
-message). A job whose config hash already has a trusted ``status: ok`` result in the sweep folder
+checkpoint whose config.json or shard index is wrong, a hub model that cannot be fetched, prompts
+that with gen_length do not fit the model's context) raises ``ConfigError`` before anything is
+written or loaded (``prepare``; ``dllm_bench.sweep`` runs the same checks on every cell of a
+multirun before the first job). Anything that goes wrong after that is recorded: the job writes
+``status: failed`` with the error (its traceback goes to the log file only) and returns normally,
+so a sweep goes on and a rerun retries it; only a failure to write the results themselves raises
+(``ResultsWriteError``, the job's outcome in its message). Ctrl-C while the results are written is
+held until they are whole. A job whose config hash already has a trusted ``status: ok`` result in the sweep folder
 (``results.load_job``) is skipped unless ``force=true``, after re-logging it if its logger run is
 missing; a cell another launcher is computing is skipped too (``claims``). Every path rebuilds
 sweep.csv. Nothing here branches on a cache or decoding name: they are passed through to
@@ -23,10 +26,15 @@ import json
 import logging
 import os
 import re
+import signal
 import statistics
+import threading
 import time
 import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -40,7 +48,7 @@ from .evaluate import generate_all, paired_speedup, speed_metrics, time_engines
 from .logging_wandb import NullLogger
 from .metrics import build_metrics, run_extra_pass
 from .metrics.timing import peak_memory_bytes, reset_peak
-from .models.loading import check_checkpoint, resolve_dtype
+from .models.loading import _HUB_PATTERNS, check_checkpoint, read_config, resolve_dtype
 from .models.ops import use_fused
 from .results import (RESULTS, SCHEMA_VERSION, atomic_write_text, config_hash, env_stamp, find_done, mark_mirrored,
                       mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
@@ -85,21 +93,107 @@ def baseline_engine(cfg, engine: dict) -> dict:
     return dict(engine, cache=CACHES.build("none"), decoding=RULES.build("fixed"), steps=cfg.gen_length, graphs=False)
 
 
-def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict]:
+@dataclass
+class Prepared:
+    """What a job reads before loading its model (``prepare``): the task, its samples (this shard's)
+    and their encoded prompts, the tokenizer, and where the model is."""
+    task: Any
+    model_path: str              # a local folder or a hub id
+    tokenizer: Any
+    protocol: EvalProtocol
+    samples: list
+    prompts: list[torch.Tensor]  # (P_i,) token ids per sample
+
+
+def _memo(memo: dict | None, key, make):
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
+def _yaml(node) -> str:
+    return OmegaConf.to_yaml(node, resolve=True) if node is not None else ""
+
+
+def model_files(model_path: str) -> Path:
+    """The folder holding a model's config.json and tokenizer: a local folder as is; for a hub id,
+    a snapshot of its small files (the weights come later, with ``load_model``). A hub model that
+    cannot be fetched is a ``ConfigError``."""
+    if Path(model_path).is_dir():
+        return Path(model_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_path, allow_patterns=[p for p in _HUB_PATTERNS if "safetensors" not in p]))
+    except Exception as e:  # offline and not cached, unknown or gated repo, no network
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"model {model_path!r} cannot be fetched from the Hugging Face hub ({type(e).__name__}: "
+                          f"{why}); download it where there is network (or log in for a gated model) and set "
+                          f"model.path to its folder") from None
+
+
+def _check_context(cfg, task, samples, prompts, max_length: int) -> None:
+    """Refuse a cell whose longest prompt + gen_length does not fit the model's positions."""
+    i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
+    need = len(prompts[i]) + cfg.gen_length
+    if need > max_length:
+        raise ConfigError(
+            f"task {task.name!r} does not fit model {cfg.model.name!r}: its longest prompt ({samples[i].id}) is "
+            f"{len(prompts[i])} tokens, + gen_length={cfg.gen_length} = {need} positions, but the model holds "
+            f"{max_length} (its config.json); use a model with a longer context (e.g. model=llada_8b_instruct, or "
+            f"offline model=fixture_llada_tiny, random weights for trying the pipeline), fewer samples (n_samples), "
+            f"shorter prompts (task.num_fewshot) or a smaller gen_length")
+
+
+def prepare(cfg, root: str | Path, memo: dict | None = None) -> Prepared:
+    """Everything a job checks before it loads the model or writes a file: the task's arguments,
+    the model folder (or the hub id's small files) and checkpoint, the tokenizer, the samples of
+    this shard and their prompts, which must fit the model's context with gen_length. Raises a
+    one-line ``ConfigError``. ``memo``: a dict shared over the cells of a sweep, so that each task,
+    tokenizer and prompt set is built once."""
+    def make_task():
+        try:
+            return instantiate(cfg.task)          # bad task arguments fail here, before the model
+        except Exception as e:
+            cause = e.__cause__ or e
+            raise ConfigError(f"task {cfg.task.name!r}: {type(cause).__name__}: {cause}") from e
+
+    task = _memo(memo, ("task", _yaml(cfg.task)), make_task)
+    model_path = resolve_model_path(cfg.model.path, root)
+    folder = _memo(memo, ("files", model_path), lambda: model_files(model_path))
+    try:  # a local checkpoint's config.json, weight files and shard index; a hub id's config.json
+        shape = check_checkpoint(folder) if Path(model_path).is_dir() else read_config(folder)[1]
+    except (ValueError, OSError) as e:
+        raise ConfigError(str(e)) from None
+    tok_key = ("tokenizer", model_path, _yaml(cfg.model.tokenizer))
+    tok = _memo(memo, tok_key, lambda: instantiate(cfg.model.tokenizer) if cfg.model.tokenizer
+                else load_tokenizer(folder))
+    protocol = EvalProtocol(cfg.protocol, cfg.model.family, cfg.model.instruct)
+
+    def encode():
+        every = task.samples(cfg.n_samples, seed=cfg.seed)
+        samples = every[slice(*shard_range(len(every), cfg.shard))]  # all of them unless cfg.shard is set
+        if not samples:
+            raise ConfigError(f"shard={cfg.shard} holds none of the task's {len(every)} samples")
+        return samples, [torch.tensor(protocol.encode(tok, s.prompt, chat=s.meta.get("chat", True))) for s in samples]
+
+    samples, prompts = _memo(memo, ("prompts", tok_key, _yaml(cfg.task), cfg.protocol, cfg.model.family,
+                                    cfg.model.instruct, cfg.n_samples, cfg.seed, cfg.shard), encode)
+    _check_context(cfg, task, samples, prompts, shape.max_length)
+    return Prepared(task, model_path, tok, protocol, samples, prompts)
+
+
+def _measure(cfg, prep: Prepared) -> tuple[dict, list[dict], dict]:
     """Load; the accuracy pass (all samples, batched); the timed pass (a subset, repeated,
     interleaved with the baseline when asked); scoring; metrics' extra pass.
     Returns (metrics, sample rows, extra results.json sections)."""
     device = torch.device(cfg.device)
-    every = task.samples(cfg.n_samples, seed=cfg.seed)
-    samples = every[slice(*shard_range(len(every), cfg.shard))]  # all of them unless cfg.shard is set
-    if not samples:
-        raise ValueError(f"shard={cfg.shard} holds none of the task's {len(every)} samples")
+    task, tok, protocol, samples, prompts = prep.task, prep.tokenizer, prep.protocol, prep.samples, prep.prompts
     t0 = time.perf_counter()
-    model = use_fused(load_model(model_path, device=device, dtype=resolve_dtype(cfg.dtype)), cfg.fused)
-    tok = instantiate(cfg.model.tokenizer) if cfg.model.tokenizer else load_tokenizer(model_path)
+    model = use_fused(load_model(prep.model_path, device=device, dtype=resolve_dtype(cfg.dtype)), cfg.fused)
     load_s = time.perf_counter() - t0
-    protocol = EvalProtocol(cfg.protocol, cfg.model.family, cfg.model.instruct)
-    prompts = [torch.tensor(protocol.encode(tok, s.prompt, chat=s.meta.get("chat", True))) for s in samples]
     stop_ids = stop_token_ids(tok, model.config.eos_token_id)
     engine = engine_kwargs(cfg)
     seed = cfg.seed if engine["decoding"].temperature > 0 else None
@@ -176,18 +270,35 @@ def _summary(res: dict, job: str) -> str:
     return f"[ok] {job}: " + " ".join(parts) + f" n={m['n_samples']}"
 
 
+FILE_ONLY = "file_only"  # a log record's ``extra`` flag: for the job's log file, not the console
+
+
+class ConsoleFilter(logging.Filter):
+    """Drops records flagged ``FILE_ONLY`` (conf/config.yaml puts it on Hydra's console handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, FILE_ONLY, False)
+
+
+@contextmanager
+def _holding_interrupts():
+    """Ctrl-C (SIGINT) during the block is held and raised once the block is done, so that a
+    job's files are written whole or not at all (main thread only: elsewhere nothing is held)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)
+
+
 class ResultsWriteError(RuntimeError):
     """A job's results could not be written (e.g. a full disk); the message keeps the job's outcome."""
-
-
-def _check_model(model_path: str) -> None:
-    """A local checkpoint's config.json and weight files, checked before anything is written
-    (a hub id is checked by ``load_model`` once downloaded)."""
-    if Path(model_path).is_dir():
-        try:
-            check_checkpoint(model_path)
-        except (ValueError, OSError) as e:
-            raise ConfigError(str(e)) from None
 
 
 def _mirror(logger, key: str | None, res: dict, rows: list[dict], job_dir: Path) -> None:
@@ -200,7 +311,7 @@ def _skip(done: tuple[str, dict], sweep_dir: Path, job: str, logger, key: str | 
     """A finished job: re-log it when its logger run is missing (killed between results.json and
     the logger; done under the cell's claim so two launchers do not both log it); rebuild sweep.csv."""
     folder, res = sweep_dir / done[0], done[1]
-    log.info(f"[skip] {job}: config {res['config_hash'][:10]} already ok in {folder}")
+    log.info(f"[skip] {job}: config {res['config_hash'][:10]} already ok in {folder} (force=true reruns it)")
     if key is not None and not mirrored(folder, key):
         claim = Claim(sweep_dir, res["config_hash"], job)
         if claim.acquire() is None:
@@ -246,13 +357,7 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
     done = None if cfg.force else find_done(sweep_dir, chash, job_dir)
     if done is not None:
         return _skip(done, sweep_dir, job_dir.name, logger, key)
-    try:
-        task = instantiate(cfg.task)          # bad task arguments fail here, before the model
-    except Exception as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"task {cfg.task.name!r}: {type(cause).__name__}: {cause}") from e
-    model_path = resolve_model_path(cfg.model.path, root)
-    _check_model(model_path)
+    prep = prepare(cfg, root)
 
     claim = Claim(sweep_dir, chash, job_dir.name, watch=True)
     holder = claim.acquire()
@@ -262,8 +367,10 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
         rebuild_sweep_table(sweep_dir)
         return None
     try:
-        done = find_done(sweep_dir, chash, warn=False)  # finished by another launcher meanwhile?
-        if done is not None and (not cfg.force or str(done[1].get("finished_at")) >= launched):
+        # finished by another launcher meanwhile? (timestamps have whole seconds: with force=true, a
+        # result of this launch's very second counts as older, so a forced rerun never skips its own cell)
+        done = find_done(sweep_dir, chash, warn=False)
+        if done is not None and (not cfg.force or str(done[1].get("finished_at")) > launched):
             return _skip(done, sweep_dir, job_dir.name, NullLogger(), None)
         set_threads(cfg)
         torch.manual_seed(cfg.seed)
@@ -272,22 +379,24 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
                    "started_at": utc_now()}
         rows: list[dict] = []
         try:
-            results["metrics"], rows, sections = _measure(cfg, task, model_path)
+            results["metrics"], rows, sections = _measure(cfg, prep)
             results.update(sections)
         except Exception as e:  # recorded, not raised: the sweep goes on and a rerun retries this job
-            log.error(f"job {job_dir.name} failed:\n{traceback.format_exc()}")
+            # the traceback goes to the job's run.log only (conf/config.yaml's console filter)
+            log.error(f"job {job_dir.name} failed:\n{traceback.format_exc()}", extra={FILE_ONLY: True})
             results.update(status="failed", error=f"{type(e).__name__}: {e}")
         results["sharing"] = claim.sharing()
         results["finished_at"] = utc_now()
-        try:
-            write_job(job_dir, results, rows)
-        except OSError as e:
-            raise _write_failed(job_dir, results, e) from e
-        try:
-            rebuild_sweep_table(sweep_dir)
-        except OSError as e:
-            raise ResultsWriteError(f"results of {job_dir} are written but {sweep_dir / 'sweep.csv'} "
-                                    f"is not ({type(e).__name__}: {e}); the next run rebuilds it") from e
+        with _holding_interrupts():  # Ctrl-C now would leave a half-written job folder
+            try:
+                write_job(job_dir, results, rows)
+            except OSError as e:
+                raise _write_failed(job_dir, results, e) from e
+            try:
+                rebuild_sweep_table(sweep_dir)
+            except OSError as e:
+                raise ResultsWriteError(f"results of {job_dir} are written but {sweep_dir / 'sweep.csv'} "
+                                        f"is not ({type(e).__name__}: {e}); the next run rebuilds it") from e
         _mirror(logger, key, results, rows, job_dir)
         log.info(_summary(results, job_dir.name))
         return results
