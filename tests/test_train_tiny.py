@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 import dllm_bench.train as T
 from dllm_bench import generate, load_model, load_tokenizer
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf" / "train")
+CONF = str(Path(__file__).resolve().parents[1] / "conf_train")
 MICRO = ["arch.d_model=32", "arch.n_layers=2", "arch.mlp_hidden=64", "batch_size=16", "lr=1e-2",
          "warmup_steps=5", "eval_samples=0", "threads=1", "gen_lengths=[16]", "task.n_steps=2", "train_n_steps=[1,2]",
          "log_every=5"]

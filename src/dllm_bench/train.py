@@ -62,7 +62,7 @@ class TaskConfig:
     n_steps: int = 8
     modulus: int = 10
     ops: str = "+-*"
-    var_prob: float = 0.0           # the shipped recipe (conf/train/config.yaml): no variable look-ups,
+    var_prob: float = 0.0           # the shipped recipe (conf_train/config.yaml): no variable look-ups,
     max_operand: int | None = 3     # constants 1..3, so every step is learnable in minutes
 
     def __post_init__(self):
@@ -371,7 +371,7 @@ def main() -> None:
 
     _register()
 
-    @hydra.main(config_path="../../conf/train", config_name="config", version_base="1.3")
+    @hydra.main(config_path="../../conf_train", config_name="config", version_base="1.3")
     def _run(dcfg) -> None:
         cfg = OmegaConf.to_object(dcfg)  # runs the dataclasses' validation
         _, losses = train(cfg, OmegaConf.to_container(dcfg, resolve=True))
