@@ -4,7 +4,8 @@ The job always writes results.json / samples.jsonl first; a logger only mirrors 
 makes one W&B run per job: group = sweep name, config = the resolved config, summary = the
 namespaced metrics (``W&B_KEYS``), a ``samples`` table, tags for model / cache / decoding, and its
 files under ``<job_dir>/wandb``. It runs offline unless the user is logged in or sets ``WANDB_MODE``.
-Anything W&B cannot do becomes a warning: local results never depend on it.
+Anything W&B cannot do becomes a warning: local results never depend on it. W&B's own console
+output is off unless ``quiet=false`` (run.py's summary says where offline runs are and how to sync).
 
 Online mode costs one short connection attempt per process: before the first online run, a TCP
 connection to W&B's server (or the HTTPS proxy) must open within ``connect_timeout_s``; if it does
@@ -104,10 +105,12 @@ class WandbLogger:
     ``connect_timeout_s``: how long the one connection attempt of online mode may take."""
 
     def __init__(self, project: str = "dllm-bench", entity: str | None = None, mode: str | None = None,
-                 tags: list[str] | None = None, log_samples: bool = True, connect_timeout_s: float = 5.0):
+                 tags: list[str] | None = None, log_samples: bool = True, connect_timeout_s: float = 5.0,
+                 quiet: bool = True):
         if not (type(connect_timeout_s) in (int, float) and 0 < connect_timeout_s < float("inf")):
             raise ValueError(f"connect_timeout_s must be a finite number > 0, got {connect_timeout_s!r}")
         self.project, self.entity, self.tags, self.log_samples = project, entity, list(tags or []), log_samples
+        self.quiet = quiet
         self.mode = mode or os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
         self.connect_timeout_s = connect_timeout_s
 
@@ -140,14 +143,15 @@ class WandbLogger:
         mode = self._mode_now(base_url)
         init = dict(project=self.project, entity=self.entity, dir=str(job_dir), group=results["sweep"],
                     name=f"{results['sweep']}/{job_dir.name}", job_type=cfg["task"]["name"], config=cfg, tags=tags)
+        quiet = dict(silent=True) if self.quiet else {}  # W&B's own ~17 lines per run bury the job's result line
         if mode == "online":
             try:
-                run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=30), **init)
+                run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=30, **quiet), **init)
             except Exception as e:  # reachable but refused (key, proxy, server): offline from now on
                 _go_offline(_endpoint(base_url), f"wandb.init failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
-                run = wandb.init(mode="offline", **init)
+                run = wandb.init(mode="offline", settings=wandb.Settings(**quiet), **init)
         else:
-            run = wandb.init(mode=mode, **init)
+            run = wandb.init(mode=mode, settings=wandb.Settings(**quiet), **init)
         try:
             summary = {wandb_key(k): v for k, v in results["metrics"].items() if v is not None}
             summary.update(status=results["status"], error=results["error"], config_hash=results["config_hash"])

@@ -218,13 +218,16 @@ def load_tokenizer(path_or_hub_id):
     Dream ships a custom tokenizer class that is a Qwen2 BPE; its ``tokenizer.json`` loads with
     ``PreTrainedTokenizerFast`` directly, and the chat template comes from tokenizer_config.json.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerFast
 
     folder = resolve_path(path_or_hub_id)
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"no tokenizer files (tokenizer.json) in {folder}")
     try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, use_fast=True)
+        # An empty config: transformers knows neither model_type (llada, Dream), and reading
+        # config.json only makes it warn; the class comes from tokenizer_config.json.
+        return AutoTokenizer.from_pretrained(str(folder), config=PretrainedConfig(), trust_remote_code=False,
+                                             use_fast=True)
     except (ValueError, OSError, KeyError):
         cfg_file = folder / "tokenizer_config.json"
         kwargs = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
