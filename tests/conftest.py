@@ -46,12 +46,18 @@ def compose(overrides: list[str] = (), hydra_cfg: bool = False, tiny: bool = Tru
     return _compose("config", overrides=[*(TINY if tiny else ()), *overrides], return_hydra_config=hydra_cfg)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``python run.py <args>`` in a subprocess (W&B offline, hub offline); output captured.
-    ``tests/`` is on the path so that configs can name ``conftest.FlakyTask``."""
+def cli_env(**extra) -> dict:
+    """The environment of ``run.py`` subprocesses: W&B and the hub offline, ``tests/`` on the path
+    so that configs can name ``conftest.FlakyTask``; ``extra`` on top (a None value removes)."""
     path = os.pathsep.join(p for p in (str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", PYTHONPATH=path)
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+    env.update(extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 240, **env) -> subprocess.CompletedProcess:
+    """``python run.py <args>`` in a subprocess (``cli_env(**env)``); output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=cli_env(**env),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -107,6 +107,18 @@ def test_unknown_key_lists_valid_ones():
         compose(["threshold=abc"])
 
 
+def test_unknown_root_key_added_with_plus_is_refused():
+    with pytest.raises(ConfigError, match=r"'cahce' added with '\+' in '\+cahce=none'.*did you mean cache\?"):
+        check_override_keys(["+cahce=none"], CONF)
+    with pytest.raises(ConfigError, match=r"'gen_lenth' added with '\+' in '\+\+gen_lenth=3'.*did you mean gen_length\?"):
+        check_override_keys(["-m", "++gen_lenth=3"], CONF)
+    with pytest.raises(ConfigError, match=r"'train'"):  # the trainer's config is not a group of run.py
+        check_override_keys(["+train=config"], CONF)
+    # a group outside the defaults, a root key forced with ++, new keys of untyped nodes, Hydra's own
+    check_override_keys(["+experiment=fig5_threshold_tiny", "++seed=3", "+task.fail_flag=x", "+decoding.gama=1",
+                         "+hydra.job.env_set.A=1", "+logger.tags=[a]"], CONF)
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["block_length=20"], "block_length=20 must be > 0 and divide gen_length=32"),
     (["decoding=threshold", "threshold=1.5"], r"decoding: threshold must be a finite number in \(0, 1\], got 1.5"),

@@ -1,5 +1,6 @@
 """Sweeps through ``run.py``: the issue's six-job multirun, its rerun (all skipped), failures that
-do not stop a sweep and are retried, and a two-job sweep through the submitit_local launcher."""
+do not stop a sweep, make the launch exit 1 and are retried, and a two-job sweep through the
+submitit_local launcher."""
 from __future__ import annotations
 
 import csv
@@ -54,11 +55,16 @@ def test_failed_job_does_not_stop_the_sweep_and_is_retried(tmp_path):
     args = ["-m", *TINY, "n_samples=1", "task._target_=conftest.FlakyTask",
             f"+task.fail_flag={flag},{tmp_path / 'absent'}", "sweep_name=flaky", f"sweeps_dir={tmp_path}"]
     proc = run_cli(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the other cell ran, then the launch reports the failure
     first = _results(tmp_path / "flaky")
     assert sorted(r["status"] for r in first.values()) == ["failed", "ok"]
     failed = next(j for j, r in first.items() if r["status"] == "failed")
     assert first[failed]["error"].startswith("RuntimeError: injected failure")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cell +task.fail_flag={flag} failed: {first[failed]['error']} "
+                      f"(traceback in flaky/{failed}/run.log)"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Traceback (most recent call last)" in (tmp_path / "flaky" / failed / "run.log").read_text()
     flag.unlink()
     proc = run_cli(args, tmp_path)  # the same sweep again: the ok cell is skipped, the failed one rerun
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -76,10 +82,13 @@ def test_submitit_local_two_jobs(tmp_path):
                     "num_threads=null", "task._target_=conftest.FlakyTask",
                     f"+task.fail_flag={tmp_path / 'absent'},{flag}", "sweep_name=sub", f"sweeps_dir={tmp_path}"],
                    tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # outcomes are read back from the sweep folder
     sweep = tmp_path / "sub"
     res = _results(sweep)
     assert sorted(r["status"] for r in res.values()) == ["failed", "ok"]
+    assert [line.split(" failed: ")[0] for line in proc.stderr.splitlines() if line.startswith("error:")] == \
+        [f"error: cell +task.fail_flag={flag}"]
+    assert "== 2 cells: 1 ok, 1 failed ==" in proc.stdout
     assert all(r["config"]["n_parallel"] == 2 for r in res.values())
     assert len(list(csv.DictReader((sweep / "sweep.csv").open()))) == 2
     assert (sweep / ".submitit").is_dir()  # it really went through submitit
