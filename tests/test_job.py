@@ -113,6 +113,9 @@ def test_failed_job_is_recorded_then_retried(tmp_path):
     (["model.path=no/such/folder"], "model folder not found: .*no/such/folder"),
     (["block_length=20"], "block_length=20"),
     (["task.n_steps=30"], "task 'arith': ValueError: .*n_steps"),
+    (["model.tokenizer=null"], "tokenizer of model 'fixture_llada_tiny': FileNotFoundError: no tokenizer files"),
+    (["gen_length=8192"], r"task 'arith' does not fit model 'fixture_llada_tiny': .* \+ gen_length=8192 = \d+ "
+                          r"positions, but the model holds 4096"),
 ])
 def test_bad_input_stops_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

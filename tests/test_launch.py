@@ -70,6 +70,20 @@ def test_dry_run_lists_the_cells_and_runs_none(tmp_path):
     assert len(list((tmp_path / "dry").glob("*/results.json"))) == 1  # still only the one cell that ran
 
 
+def test_a_launcher_running_jobs_elsewhere_does_not_need_the_device_here(tmp_path):
+    """On a login node without a GPU, a Slurm sweep with device=cuda is not refused for it (its jobs
+    check the device where they run); the basic launcher runs its jobs here, so it is."""
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    base = ["-m", *TINY, "device=cuda", "threshold=0.7,0.9", f"sweeps_dir={tmp_path}", "--dry-run"]
+    slurm = run_cli([*base, "hydra/launcher=slurm_gpu"], tmp_path)
+    assert slurm.returncode == 0, slurm.stderr[-2000:]
+    assert len(re.findall(r"^\s+\d/2\s+run\s", slurm.stdout, re.M)) == 2
+    here = run_cli(base, tmp_path)
+    assert here.returncode == 1 and "CUDA is not available" in here.stdout
+    assert not list(tmp_path.iterdir())
+
+
 def test_dry_run_of_one_cell(tmp_path):
     proc = run_cli([*TINY, "sweep_name=one", f"sweeps_dir={tmp_path}", "--dry-run"], tmp_path)
     assert proc.returncode == 0 and re.search(r"^\s+1/1\s+run\s", proc.stdout, re.M), proc.stdout

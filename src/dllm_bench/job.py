@@ -106,11 +106,18 @@ class Prepared:
 
 
 def _memo(memo: dict | None, key, make):
+    """``make()``, once per key of ``memo`` (its error too, so a sweep tries a bad task once)."""
     if memo is None:
         return make()
     if key not in memo:
-        memo[key] = make()
-    return memo[key]
+        try:
+            memo[key] = (make(), None)
+        except Exception as e:
+            memo[key] = (None, e)
+    value, error = memo[key]
+    if error is not None:
+        raise error
+    return value
 
 
 def _yaml(node) -> str:
@@ -167,17 +174,26 @@ def prepare(cfg, root: str | Path, memo: dict | None = None) -> Prepared:
         shape = check_checkpoint(folder) if Path(model_path).is_dir() else read_config(folder)[1]
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from None
+    def make_tokenizer():
+        try:
+            return instantiate(cfg.model.tokenizer) if cfg.model.tokenizer else load_tokenizer(folder)
+        except Exception as e:
+            raise ConfigError(f"tokenizer of model {cfg.model.name!r}: {type(e).__name__}: {e}") from None
+
     tok_key = ("tokenizer", model_path, _yaml(cfg.model.tokenizer))
-    tok = _memo(memo, tok_key, lambda: instantiate(cfg.model.tokenizer) if cfg.model.tokenizer
-                else load_tokenizer(folder))
+    tok = _memo(memo, tok_key, make_tokenizer)
     protocol = EvalProtocol(cfg.protocol, cfg.model.family, cfg.model.instruct)
 
     def encode():
-        every = task.samples(cfg.n_samples, seed=cfg.seed)
-        samples = every[slice(*shard_range(len(every), cfg.shard))]  # all of them unless cfg.shard is set
+        try:
+            every = task.samples(cfg.n_samples, seed=cfg.seed)
+            samples = every[slice(*shard_range(len(every), cfg.shard))]  # all of them unless cfg.shard is set
+            prompts = [torch.tensor(protocol.encode(tok, s.prompt, chat=s.meta.get("chat", True))) for s in samples]
+        except Exception as e:
+            raise ConfigError(f"task {cfg.task.name!r}: its prompts cannot be built ({type(e).__name__}: {e})") from None
         if not samples:
             raise ConfigError(f"shard={cfg.shard} holds none of the task's {len(every)} samples")
-        return samples, [torch.tensor(protocol.encode(tok, s.prompt, chat=s.meta.get("chat", True))) for s in samples]
+        return samples, prompts
 
     samples, prompts = _memo(memo, ("prompts", tok_key, _yaml(cfg.task), cfg.protocol, cfg.model.family,
                                     cfg.model.instruct, cfg.n_samples, cfg.seed, cfg.shard), encode)

@@ -5,7 +5,7 @@ Before a multirun launches anything, every cell is composed with Hydra's own swe
 basic sweeper's cartesian product of the command line and ``hydra.sweeper.params``) and checked
 as its job will check it before loading a model (``config.validate`` + ``job.prepare``), so a bad
 value in the last cell stops the launch before the first cell runs: one ``error: cell i/n
-(...)`` line per bad cell, exit status 1. ``dry_run=true`` (``run.py --dry-run``) lists the
+(...)`` line per distinct error, naming the first cell that has it, exit status 1. ``dry_run=true`` (``run.py --dry-run``) lists the
 cells, each with what the launch would do (run, skip, or the error), and runs none.
 
 After the jobs: a table of the cells (status, headline metrics), where the results are and the
@@ -191,10 +191,15 @@ class SweepCallback(Callback):
             print(f"{i:>4}/{n}  {cell.plan:<7}  {cell.label}  {what}")
 
     def _refuse(self, cells: list[Cell]) -> None:
-        bad = [(i, c) for i, c in enumerate(cells, 1) if c.plan == "invalid"]
-        for i, cell in bad:
-            print(f"error: cell {i}/{len(cells)} ({cell.label}): {cell.note}", file=sys.stderr)
-        if bad:
+        """One line per distinct error, naming its first cell (and how many more share it)."""
+        by_error: dict[str, list[tuple[int, Cell]]] = {}
+        for i, cell in enumerate(cells, 1):
+            if cell.plan == "invalid":
+                by_error.setdefault(cell.note, []).append((i, cell))
+        for note, [(i, cell), *more] in by_error.items():
+            also = f" and {len(more)} more cell{'s' * (len(more) != 1)}" if more else ""
+            print(f"error: cell {i}/{len(cells)} ({cell.label}){also}: {note}", file=sys.stderr)
+        if by_error:
             raise SystemExit(1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
