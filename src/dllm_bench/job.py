@@ -5,13 +5,13 @@ logger.
 Bad configuration (an invalid value, an unknown task argument, a missing model folder, a local
 checkpoint whose config.json or shard index is wrong, a hub model that cannot be fetched, prompts
 that with gen_length do not fit the model's context) raises ``ConfigError`` before anything is
-written or loaded (``prepare``; ``dllm_bench.sweep`` runs the same checks on every cell of a
+written or loaded (``dllm_bench.prepare``; ``dllm_bench.sweep`` runs the same checks on every cell of a
 multirun before the first job). Anything that goes wrong after that is recorded: the job writes
 ``status: failed`` with the error (its traceback goes to the log file only) and returns normally,
 so a sweep goes on and a rerun retries it; only a failure to write the results themselves raises
 (``ResultsWriteError``, the job's outcome in its message). Ctrl-C while the results are written is
-held until they are whole. A job whose config hash already has a trusted ``status: ok`` result in the sweep folder
-(``results.load_job``) is skipped unless ``force=true``, after re-logging it if its logger run is
+held until they are whole. A job whose config hash already has a trusted ``status: ok`` result in
+the sweep folder (``results.load_job``) is skipped unless ``force=true``, after re-logging it if its logger run is
 missing; a cell another launcher is computing is skipped too (``claims``). Every path rebuilds
 sweep.csv. Nothing here branches on a cache or decoding name: they are passed through to
 ``generate``.
@@ -25,50 +25,35 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import statistics
 import threading
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from . import generate, load_model, load_tokenizer
+from . import generate, load_model
 from .claims import Claim, describe
-from .config import RUN_ONLY_KEYS, ConfigError, build_plugins, shard_range, validate
+from .config import RUN_ONLY_KEYS, build_plugins, validate
 from .evaluate import generate_all, paired_speedup, speed_metrics, time_engines
 from .logging_wandb import NullLogger
 from .metrics import build_metrics, run_extra_pass
 from .metrics.timing import peak_memory_bytes, reset_peak
-from .models.loading import _HUB_PATTERNS, check_checkpoint, read_config, resolve_dtype
+from .models.loading import resolve_dtype
 from .models.ops import use_fused
+from .prepare import Prepared, prepare, resolve_model_path  # noqa: F401  (also importable from here)
 from .results import (RESULTS, SCHEMA_VERSION, atomic_write_text, config_hash, env_stamp, find_done, mark_mirrored,
                       mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
 from .tasks import score_all
-from .tasks.protocol import EvalProtocol
 from .tasks.tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def resolve_model_path(path: str, root: str | Path) -> str:
-    """A local folder (absolute, or relative to the project root) or a hub id ``org/name``."""
-    p = Path(path).expanduser()
-    local = p if p.is_absolute() else Path(root) / p
-    if local.is_dir():
-        return str(local.resolve())
-    if not p.is_absolute() and _HUB_ID.fullmatch(path):
-        return path
-    raise ConfigError(f"model folder not found: {local} (model.path={path!r})")
 
 
 def set_threads(cfg) -> int:
@@ -91,114 +76,6 @@ def baseline_engine(cfg, engine: dict) -> dict:
     from .decoding import CACHES, RULES
 
     return dict(engine, cache=CACHES.build("none"), decoding=RULES.build("fixed"), steps=cfg.gen_length, graphs=False)
-
-
-@dataclass
-class Prepared:
-    """What a job reads before loading its model (``prepare``): the task, its samples (this shard's)
-    and their encoded prompts, the tokenizer, and where the model is."""
-    task: Any
-    model_path: str              # a local folder or a hub id
-    tokenizer: Any
-    protocol: EvalProtocol
-    samples: list
-    prompts: list[torch.Tensor]  # (P_i,) token ids per sample
-
-
-def _memo(memo: dict | None, key, make):
-    """``make()``, once per key of ``memo`` (its error too, so a sweep tries a bad task once)."""
-    if memo is None:
-        return make()
-    if key not in memo:
-        try:
-            memo[key] = (make(), None)
-        except Exception as e:
-            memo[key] = (None, e)
-    value, error = memo[key]
-    if error is not None:
-        raise error
-    return value
-
-
-def _yaml(node) -> str:
-    return OmegaConf.to_yaml(node, resolve=True) if node is not None else ""
-
-
-def model_files(model_path: str) -> Path:
-    """The folder holding a model's config.json and tokenizer: a local folder as is; for a hub id,
-    a snapshot of its small files (the weights come later, with ``load_model``). A hub model that
-    cannot be fetched is a ``ConfigError``."""
-    if Path(model_path).is_dir():
-        return Path(model_path)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model_path, allow_patterns=[p for p in _HUB_PATTERNS if "safetensors" not in p]))
-    except Exception as e:  # offline and not cached, unknown or gated repo, no network
-        why = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(f"model {model_path!r} cannot be fetched from the Hugging Face hub ({type(e).__name__}: "
-                          f"{why}); download it where there is network (or log in for a gated model) and set "
-                          f"model.path to its folder") from None
-
-
-def _check_context(cfg, task, samples, prompts, max_length: int) -> None:
-    """Refuse a cell whose longest prompt + gen_length does not fit the model's positions."""
-    i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
-    need = len(prompts[i]) + cfg.gen_length
-    if need > max_length:
-        raise ConfigError(
-            f"task {task.name!r} does not fit model {cfg.model.name!r}: its longest prompt ({samples[i].id}) is "
-            f"{len(prompts[i])} tokens, + gen_length={cfg.gen_length} = {need} positions, but the model holds "
-            f"{max_length} (its config.json); use a model with a longer context (e.g. model=llada_8b_instruct, or "
-            f"offline model=fixture_llada_tiny, random weights for trying the pipeline), fewer samples (n_samples), "
-            f"shorter prompts (task.num_fewshot) or a smaller gen_length")
-
-
-def prepare(cfg, root: str | Path, memo: dict | None = None) -> Prepared:
-    """Everything a job checks before it loads the model or writes a file: the task's arguments,
-    the model folder (or the hub id's small files) and checkpoint, the tokenizer, the samples of
-    this shard and their prompts, which must fit the model's context with gen_length. Raises a
-    one-line ``ConfigError``. ``memo``: a dict shared over the cells of a sweep, so that each task,
-    tokenizer and prompt set is built once."""
-    def make_task():
-        try:
-            return instantiate(cfg.task)          # bad task arguments fail here, before the model
-        except Exception as e:
-            cause = e.__cause__ or e
-            raise ConfigError(f"task {cfg.task.name!r}: {type(cause).__name__}: {cause}") from e
-
-    task = _memo(memo, ("task", _yaml(cfg.task)), make_task)
-    model_path = resolve_model_path(cfg.model.path, root)
-    folder = _memo(memo, ("files", model_path), lambda: model_files(model_path))
-    try:  # a local checkpoint's config.json, weight files and shard index; a hub id's config.json
-        shape = check_checkpoint(folder) if Path(model_path).is_dir() else read_config(folder)[1]
-    except (ValueError, OSError) as e:
-        raise ConfigError(str(e)) from None
-    def make_tokenizer():
-        try:
-            return instantiate(cfg.model.tokenizer) if cfg.model.tokenizer else load_tokenizer(folder)
-        except Exception as e:
-            raise ConfigError(f"tokenizer of model {cfg.model.name!r}: {type(e).__name__}: {e}") from None
-
-    tok_key = ("tokenizer", model_path, _yaml(cfg.model.tokenizer))
-    tok = _memo(memo, tok_key, make_tokenizer)
-    protocol = EvalProtocol(cfg.protocol, cfg.model.family, cfg.model.instruct)
-
-    def encode():
-        try:
-            every = task.samples(cfg.n_samples, seed=cfg.seed)
-            samples = every[slice(*shard_range(len(every), cfg.shard))]  # all of them unless cfg.shard is set
-            prompts = [torch.tensor(protocol.encode(tok, s.prompt, chat=s.meta.get("chat", True))) for s in samples]
-        except Exception as e:
-            raise ConfigError(f"task {cfg.task.name!r}: its prompts cannot be built ({type(e).__name__}: {e})") from None
-        if not samples:
-            raise ConfigError(f"shard={cfg.shard} holds none of the task's {len(every)} samples")
-        return samples, prompts
-
-    samples, prompts = _memo(memo, ("prompts", tok_key, _yaml(cfg.task), cfg.protocol, cfg.model.family,
-                                    cfg.model.instruct, cfg.n_samples, cfg.seed, cfg.shard), encode)
-    _check_context(cfg, task, samples, prompts, shape.max_length)
-    return Prepared(task, model_path, tok, protocol, samples, prompts)
 
 
 def _measure(cfg, prep: Prepared) -> tuple[dict, list[dict], dict]:
