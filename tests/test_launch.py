@@ -142,6 +142,7 @@ def test_summary_quiet_output_and_skip_message(tmp_path):
     assert again.returncode == 0 and "(force=true reruns it)" in again.stdout and "1 skipped" in again.stdout
 
 
+@pytest.mark.slow
 def test_wandb_output_comes_back_with_quiet_false(tmp_path):
     env = cli_env(WANDB_SILENT=None)
     code = ("import sys; from conftest import compose; from dllm_bench.job import run_job; from fixture_paths import ROOT; "
