@@ -211,6 +211,13 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
                     pred.extra_logits = logits[:, te - ts:]
             state.calls += calls
             nfe += calls
+            if plan.hooks is None:  # layer x token work of this step vs a full forward (hooks count their own)
+                fed = (L - plan.start if plan.end is None else plan.end - plan.start) * B if plan.index is None else \
+                    int(plan.index.numel() if plan.valid is None else plan.valid.sum())
+                fed += 0 if extra is None else extra.ids.numel()
+                work = cfg.n_layers * (2 if guided else 1)  # guidance runs the unconditional rows too
+                state.count("layer_tokens_computed", fed * work)
+                state.count("layer_tokens_total", L * B * work)
             nfe_row += calls * (active | (not can_exit) if state.step > 0 else torch.ones_like(active))
             refreshes += int(plan.refresh)
 
