@@ -55,6 +55,12 @@ def test_batch_one_token_strategies(models, arch, strategy):
     assert res.stats["tokens_by_rule"] == res.stats["steps_rule"]  # one token per rule step
 
 
+def test_batch_with_guidance(models):
+    """cfg_scale > 0 (not in the authors' code): the guided logits feed the histories."""
+    check_rows(models["llada"], _prompts([4, 10], seed=6), gen_length=16, block_length=8, steps=16,
+               cache="dual", cfg_scale=1.0, **SETTING)
+
+
 def test_batch_dream_whole_sequence_with_top_p(models):
     """Dream's own schedule (no block length, no cache): one-token fallback on top-p confidences."""
     check_rows(models["dream"], _prompts([4, 12, 7], seed=2), gen_length=16, block_length=None, steps=16,

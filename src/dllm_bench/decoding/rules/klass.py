@@ -1,4 +1,4 @@
-"""KLASS, KL-Adaptive Stability Sampling (Kim et al., NeurIPS 2025; shkim0116/KLASS, MIT).
+"""KLASS, KL-Adaptive Stability Sampling (Kim et al., NeurIPS 2025, arXiv 2511.05664; shkim0116/KLASS, MIT).
 
 A masked position of the current block is committed early when the model is confident about it
 (top probability above ``conf_threshold``) AND its predictive distribution stopped moving: the KL
@@ -32,6 +32,8 @@ from ..state import Prediction
 from .base import Rule, even_quota, top_k
 
 STRATEGIES = ("all", "max_conf", "min_kl")
+STATS = ("steps_rule", "steps_fallback", "steps_rule_select_one", "tokens_by_rule", "tokens_by_fallback",
+         "positions_stable_not_conf", "positions_conf_not_stable")  # per-step counters, summed over rows
 EPS = 1e-12
 
 
@@ -147,7 +149,7 @@ class Klass(Rule):
         lp = torch.log(p + EPS)
         if self.lp_prev is None:
             self.lp_prev = torch.log(torch.zeros_like(p) + EPS)
-        kl = (p * (lp - self.lp_prev)).sum(-1)  # (B, G)
+        kl = (lp - self.lp_prev).mul_(p).sum(-1)  # (B, G): sum p * (log(p+eps) - log(p_prev+eps))
         if bool(upd.all()):
             self.lp_prev = lp
         else:
@@ -183,17 +185,12 @@ class Klass(Rule):
             (has & (n_ready > 1)).sum() if self.unmask_strategy != "all" else torch.zeros_like(n_ready[0]),
             (unmask & has[:, None]).sum(), (unmask & ~has[:, None]).sum(),
             (cand & stable & ~conf_ok).sum(), (conf_ok & ~stable).sum()]).tolist()
-        for key, n in zip(("steps_rule", "steps_fallback", "steps_rule_select_one", "tokens_by_rule",
-                           "tokens_by_fallback", "positions_stable_not_conf", "positions_conf_not_stable"), counts):
+        for key, n in zip(STATS, counts):
             state.count(key, n)
         return unmask
 
     def exhausted(self, state):
         return state.step >= self.spb
-
-
-STATS = ("steps_rule", "steps_fallback", "steps_rule_select_one", "tokens_by_rule", "tokens_by_fallback",
-         "positions_stable_not_conf", "positions_conf_not_stable")
 
 
 @golden_adapter("klass")
