@@ -194,6 +194,7 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
             extra = rule.extra_queries(state)
             general = extra is not None or not forward.fast(plan, ts, te)
             rows, fresh = forward.target_rows(plan, ts, te) if general else (None, None)
+            state.fresh = fresh
 
             def run(which: str, plan=plan, extra=extra, rows=rows):
                 return forward(plan, ts, te, extra, which, rows)

@@ -32,6 +32,7 @@ class DecodeState:
     end: int = 0
     step: int = 0                        # step within the block; 0 = the block's first forward
     calls: int = 0                       # model forward calls so far in this generate()
+    fresh: torch.Tensor | None = None    # (B, W) targets this step's forward predicted (None: all of them)
     extras: dict = field(default_factory=dict)  # plugins' counters for GenerationResult.stats
 
     @property
