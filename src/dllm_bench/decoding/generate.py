@@ -14,7 +14,7 @@ import torch
 
 from .caches.base import Cache
 from .loop import StepInfo, block_loop
-from .registry import CACHES, RULES, check_number
+from .registry import CACHES, RULES, check_number, did_you_mean
 from .rules.base import Rule
 from .state import DecodeState
 
@@ -117,9 +117,10 @@ def build_plugins(cache: str | Cache = "none", decoding: str | Rule = "fixed", *
         elif k in cache_cls.arg_names() and not isinstance(cache, Cache):
             cache_kw[k] = v
         else:
+            valid = rule_cls.arg_names() + cache_cls.arg_names()
             raise ValueError(f"unknown argument {k}={v!r} for decoding {rule_cls.name!r} "
                              f"(valid: {', '.join(rule_cls.arg_names()) or 'none'}) and cache {cache_cls.name!r} "
-                             f"(valid: {', '.join(cache_cls.arg_names()) or 'none'})")
+                             f"(valid: {', '.join(cache_cls.arg_names()) or 'none'}).{did_you_mean(k, valid)}")
     return CACHES.build(cache, **cache_kw), RULES.build(decoding, **rule_kw)
 
 

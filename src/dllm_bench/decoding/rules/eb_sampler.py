@@ -30,6 +30,9 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 @RULES.register("eb_sampler")
 @dataclass(kw_only=True)
 class EBSampler(Rule):
+    example_args = {"gamma": 0.3}
+    bad_args = ({"gamma": -0.1}, {"gamma": float("nan")})
+
     gamma: float = 0.01
 
     score = "neg_entropy"

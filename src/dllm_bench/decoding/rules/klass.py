@@ -75,6 +75,10 @@ def _argmax_without(p: torch.Tensor, token: int) -> torch.Tensor:
 @RULES.register("klass")
 @dataclass(kw_only=True)
 class Klass(Rule):
+    example_args = {"conf_threshold": 0.3, "kl_threshold": 0.2}
+    bad_args = ({"conf_threshold": 1.5}, {"kl_threshold": -1.0}, {"kl_history_length": 0},
+                {"unmask_strategy": "random"}, {"kl_threshold": float("nan")})
+
     conf_threshold: float = 0.6
     kl_threshold: float = 0.015
     kl_history_length: int = 2
