@@ -183,12 +183,14 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
         s, e = P + b * state.block_length, P + (b + 1) * state.block_length
         state.block, state.start, state.end, state.step = b, s, e, 0
         ts, te = (s, e) if rule.targets == "block" else (P, L)
+        state.targets = (ts, te)
         rule.begin_block(state)
         cache.begin_block(state)
         while True:
             active = (x[:, s:e] == mask_id).any(-1)
             if state.step > 0 and (rule.exhausted(state) or (can_exit and not bool(active.any()))):
                 break
+            state.live = (active | (not can_exit)) if state.step > 0 else torch.ones_like(active)
             plan = cache.plan(state)
             extra = rule.extra_queries(state)
             general = extra is not None or not forward.fast(plan, ts, te)
@@ -208,9 +210,12 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
                 pred = rule.predict(main, state)
                 if n_extra:
                     pred.extra_logits = logits[:, te - ts:]
+            row_calls = calls  # a cache's guidance may run its unconditional pass for some rows only
+            if isinstance(calls, torch.Tensor):
+                calls = int(calls.max())
             state.calls += calls
             nfe += calls
-            nfe_row += calls * (active | (not can_exit) if state.step > 0 else torch.ones_like(active))
+            nfe_row += row_calls * state.live
             refreshes += int(plan.refresh)
 
             tgt = x[:, ts:te]  # a view: writes land in x
