@@ -43,6 +43,15 @@ def test_keys_added_later_keep_old_hashes_at_their_old_value():
         assert R.config_hash(dict(old, **{key: not value}), RUN_ONLY_KEYS) != h
 
 
+def test_plugin_arguments_added_later_keep_old_hashes_at_their_old_value():
+    old = {"cache": {"name": "dual"}, "decoding": {"name": "fixed", "remasking": "low_confidence"}}
+    h = R.config_hash(old, RUN_ONLY_KEYS)
+    for node, keys in R.LATER_NODE_KEYS.items():
+        for key, value in keys.items():
+            assert R.config_hash({**old, node: {**old[node], key: value}}, RUN_ONLY_KEYS) == h
+            assert R.config_hash({**old, node: {**old[node], key: "other"}}, RUN_ONLY_KEYS) != h
+
+
 def _job(sweep, name, status, chash, acc):
     res = {"status": status, "config_hash": chash, "error": None if status == "ok" else "RuntimeError: x",
            "config": {"cache": {"name": name}, "gen_length": 48, "steps": [1, 2]},

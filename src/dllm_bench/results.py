@@ -54,6 +54,8 @@ LATER_KEYS = {"fused": False, "cfg_scale": 0.0}
 # old value when a plugin does not take them (the decoding node once listed every rule's argument).
 RENAMED_KEYS = {"measure": "metrics"}
 LEGACY_DECODING = {"threshold": None, "factor": None, "temperature": 0.0, "remasking": "low_confidence"}
+# Plugin arguments added after sweeps existed, left out of the hash at their old-behaviour value.
+LATER_NODE_KEYS = {"decoding": {"alg": None}}
 
 
 def _canonical(config: dict) -> dict:
@@ -61,7 +63,9 @@ def _canonical(config: dict) -> dict:
     out = {RENAMED_KEYS.get(k, k): v for k, v in config.items()}
     for node in ("cache", "decoding"):
         if isinstance(out.get(node), dict):
-            out[node] = {k: v for k, v in out[node].items() if k != "_target_"}
+            later = LATER_NODE_KEYS.get(node, {})
+            out[node] = {k: v for k, v in out[node].items()
+                         if k != "_target_" and not (k in later and v == later[k])}
     if isinstance(out.get("decoding"), dict):
         out["decoding"] = {**LEGACY_DECODING, **out["decoding"]}
     return out

@@ -176,6 +176,7 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
     nfe = refreshes = skipped = remasked_total = 0
     nfe_row = torch.zeros(B, dtype=torch.long, device=x.device)
     records: list[dict] | None = [] if trace else None
+    state.rule = rule
     cache.setup(state)
     rule.setup(state)
 

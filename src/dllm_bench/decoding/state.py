@@ -32,6 +32,7 @@ class DecodeState:
     end: int = 0
     step: int = 0                        # step within the block; 0 = the block's first forward
     calls: int = 0                       # model forward calls so far in this generate()
+    rule: Any = None                     # the call's decoding rule (caches that follow its schedule)
     extras: dict = field(default_factory=dict)  # plugins' counters for GenerationResult.stats
 
     @property
