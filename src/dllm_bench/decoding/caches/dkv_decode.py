@@ -17,8 +17,9 @@ Which positions count as cached is the model family's:
 
 Counters (``GenerationResult.stats``): ``forward_kinds`` ("F" full / "C" cached per forward),
 ``tokens_computed_per_row`` (sum of the fed width, padding included: the reference's counter),
-``layer_tokens_computed`` / ``layer_tokens_total`` (layers x real tokens computed vs what full
-forwards would compute, summed over rows; padding excluded, so batch-size independent).
+``layer_tokens_computed`` / ``layer_tokens_total`` (layers x tokens computed vs what full
+forwards would compute, summed over rows, without padding and without the forwards in which a
+row only waits for the others: each row counts what its batch-size-1 run computes).
 """
 from __future__ import annotations
 
@@ -43,23 +44,27 @@ def index_plan(fed: torch.Tensor) -> Plan:
     return Plan(index=index, valid=valid)
 
 
-def count_forward(state: DecodeState, plan: Plan) -> None:
-    """Record one forward of ``plan`` in the cache counters (see the module docstring)."""
+def count_forward(state: DecodeState, plan: Plan, early_exit: bool = False) -> None:
+    """Record one forward of ``plan`` in the cache counters (see the module docstring). The
+    layer-token counters skip rows that only wait for the others (as ``nfe_per_row`` does)."""
     full = plan.index is None
-    extras = state.extras
+    extras, km = state.extras, state.key_mask
     extras["forward_kinds"] = extras.get("forward_kinds", "") + ("F" if full else "C")
-    km = state.key_mask
     if full:
-        width = state.length - plan.start if plan.end is None else plan.end - plan.start
-        real = width * state.batch if km is None else int(km[:, plan.start:plan.end].sum())
+        width = (state.length if plan.end is None else plan.end) - plan.start
+        real = torch.full((state.batch,), width, device=state.device) if km is None else \
+            km[:, plan.start:plan.end].sum(-1)
     else:
         width = plan.index.shape[1]
-        valid = plan.valid if km is None else plan.valid & km.gather(1, plan.index)
-        real = int(valid.sum())
-    total = state.length * state.batch if km is None else int(km.sum())
+        real = (plan.valid if km is None else plan.valid & km.gather(1, plan.index)).sum(-1)
+    total = torch.full((state.batch,), state.length, device=state.device) if km is None else km.sum(-1)
+    live = torch.ones(state.batch, dtype=torch.bool, device=state.device)
+    if state.step > 0 and (early_exit or state.rule.exit_when_done):
+        live = (state.x[:, state.start:state.end] == state.mask_id).any(-1)
+    n_layers = state.config.n_layers
     state.count("tokens_computed_per_row", width)
-    state.count("layer_tokens_computed", state.config.n_layers * real)
-    state.count("layer_tokens_total", state.config.n_layers * total)
+    state.count("layer_tokens_computed", n_layers * int((real * live).sum()))
+    state.count("layer_tokens_total", n_layers * int((total * live).sum()))
 
 
 def refresh_interval(value, name: str) -> None:
@@ -126,7 +131,7 @@ class DKVDecode(Cache):
             if state.key_mask is not None:
                 fed = fed & state.key_mask  # padding is never worth computing
             plan = index_plan(fed)
-        count_forward(state, plan)
+        count_forward(state, plan, self.early_exit)
         return plan
 
 

@@ -82,5 +82,5 @@ class DKVGreedy(Cache):
                 add_windows(fed, sched, valid, self.was_masked, self.window_size)
             plan = index_plan(fed)
         self.was_masked = masked
-        count_forward(state, plan)
+        count_forward(state, plan, self.early_exit)
         return plan

@@ -58,10 +58,10 @@ class RandomOrder(Rule):
         B, nb, bl = state.batch, state.n_blocks, state.block_length
         self.fixed_order = None
         if self.order is not None:
-            t = torch.as_tensor(self.order, dtype=torch.long)
-            t = t.expand(B, *t.shape) if t.dim() == 2 else t
+            given = torch.as_tensor(self.order, dtype=torch.long)
+            t = given.expand(B, *given.shape) if given.dim() == 2 else given
             if tuple(t.shape) != (B, nb, bl):
-                raise ValueError(f"order has shape {tuple(t.shape)}, expected ({nb}, {bl}) or ({B}, {nb}, {bl}) "
+                raise ValueError(f"order has shape {tuple(given.shape)}, expected ({nb}, {bl}) or ({B}, {nb}, {bl}) "
                                  f"for {nb} blocks of {bl}")
             want = torch.arange(nb * bl).view(1, nb, bl)
             if not torch.equal(t.sort(-1).values, want.expand_as(t)):
