@@ -97,7 +97,7 @@ def test_unknown_key_lists_valid_ones():
         check_override_keys(["-m", "gen_lenght=3"])
     with pytest.raises(ConfigError, match=r"'treshold' in decoding threshold .*valid: .*threshold.*did you mean threshold"):
         check_override_keys(["decoding.treshold=0.5"], CONF)
-    with pytest.raises(ConfigError, match=r"'gama' in decoding fixed/threshold .*valid: name, remasking"):
+    with pytest.raises(ConfigError, match=r"'gama' in decoding fixed/threshold .*valid: alg, name, remasking"):
         check_override_keys(["-m", "decoding=fixed,threshold", "decoding.gama=0.5"], CONF)
     check_override_keys(["-m", "cache=none,dual", "decoding.threshold=0.5", "+experiment=x", "hydra/launcher=y",
                          "task.n_steps=3", "measure.kv_similarity=true"])

@@ -201,6 +201,7 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
     work_total = torch.zeros(B, dtype=torch.long, device=x.device)
     remasked_row = torch.zeros(B, dtype=torch.long, device=x.device)
     records: list[dict] | None = [] if trace else None
+    state.rule = rule
     cache.setup(state)
     rule.setup(state)
 

@@ -36,6 +36,7 @@ class DecodeState:
     targets: tuple[int, int] = (0, 0)    # [start, end) of the positions the rule predicts this block
     live: torch.Tensor | None = None     # (B,) bool: rows this step's forward counts for (a row decoded
                                          # alone would run it; rows whose block is done would not)
+    rule: Any = None                     # the call's decoding rule (caches that follow its schedule)
     extras: dict = field(default_factory=dict)  # plugins' counters for GenerationResult.stats
 
     @property
