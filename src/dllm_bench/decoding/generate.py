@@ -105,11 +105,12 @@ def _left_pad(prompt_ids, attention_mask, pad_id: int):
 
 def build_plugins(cache: str | Cache = "none", decoding: str | Rule = "fixed", **kwargs) -> tuple[Cache, Rule]:
     """(cache, rule) from names or instances; each keyword goes to the plugin that has an argument
-    of that name (the rule first). ``None`` values are dropped (the legacy signature passes
-    ``threshold=None`` and ``factor=None``)."""
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    of that name (the rule first). A ``None`` for an argument neither plugin has is dropped (the
+    legacy signature passes ``threshold=None`` and ``factor=None`` whatever the rule)."""
     rule_cls = type(decoding) if isinstance(decoding, Rule) else RULES[decoding]
     cache_cls = type(cache) if isinstance(cache, Cache) else CACHES[cache]
+    known = set(rule_cls.arg_names()) | set(cache_cls.arg_names())
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in known}
     rule_kw, cache_kw = {}, {}
     for k, v in kwargs.items():
         if k in rule_cls.arg_names() and not isinstance(decoding, Rule):

@@ -60,6 +60,9 @@ def refresh_interval(value, name: str) -> None:
 @CACHES.register("dkv_decode")
 @dataclass(kw_only=True)
 class DKVDecode(Cache):
+    example_args = {"cache_reloading_step": 3}
+    bad_args = ({"cache_reloading_step": 0}, {"cache_steps": 2.5}, {"shift_type": "left"})
+
     """cache_reloading_step: full refresh every this many steps (LLaDA: of each block); None: 8
     (the README's LLaDA example). cache_steps: the same interval under Dream's name (give one of
     the two). shift_type: shifted-logit models (Dream) only; "un" (None) or "un_right"."""

@@ -44,6 +44,9 @@ def add_windows(fed: torch.Tensor, sched: torch.Tensor, valid: torch.Tensor, was
 @CACHES.register("dkv_greedy")
 @dataclass(kw_only=True)
 class DKVGreedy(Cache):
+    example_args = {"cache_reloading_step": 2, "window_size": 2}
+    bad_args = ({"cache_reloading_step": 0}, {"window_size": -1})
+
     """cache_reloading_step: full refresh every this many steps of a block (the README command's
     2); window_size: extra masked neighbours fed per scheduled position (the README's 4)."""
 

@@ -37,6 +37,10 @@ FULL, GEN, PROMPT, REUSE = "full", "gen_refresh", "prompt_refresh", "reuse"
 @CACHES.register("dllm_cache")
 @dataclass(kw_only=True)
 class DLLMCache(Cache):
+    example_args = {"prompt_interval_steps": 5, "gen_interval_steps": 2, "transfer_ratio": 0.25}
+    bad_args = ({"prompt_interval_steps": 0}, {"gen_interval_steps": 1.5}, {"transfer_ratio": 1.5},
+                {"transfer_ratio": float("nan")})
+
     """Arguments under the authors' names; defaults are their LLaDA GSM8K setting."""
 
     prompt_interval_steps: int = 50   # K_p: refresh the prompt features every K_p calls

@@ -29,6 +29,9 @@ from .base import Rule, even_quota
 @RULES.register("random_order")
 @dataclass(kw_only=True)
 class RandomOrder(Rule):
+    example_args = {"seed": 3}
+    bad_args = ({"seed": 1.5}, {"seed": "x"})
+
     seed: int | None = 42
     order: list | None = None
     remasking: str = "random"
