@@ -166,7 +166,7 @@ def test_experiment_cells_compose_and_validate(name):
     # composed, plain values set on the composed config (composing is slow)
     for key, values in params.items():
         for v in str(values).split(","):
-            if (CONF / key).is_dir():
+            if (CONF / key.lstrip("+")).is_dir():
                 cell = compose([f"+experiment={name}", f"{key}={v}"], tiny=False)
             else:
                 cell = cfg.copy()
@@ -175,3 +175,15 @@ def test_experiment_cells_compose_and_validate(name):
             validate(cell)
     if name.endswith("_tiny"):
         assert cfg.model.name.endswith("tiny_arith") and cfg.task.name == "arith"
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_every_method_preset_composes_validates_and_names_its_plugins(method):
+    """conf/method/<name>.yaml: a published method = a cache x rule pair at its authors' settings."""
+    from dllm_bench.config import build_plugins
+
+    cfg = compose([f"+method={method}"])
+    validate(cfg)
+    cache, rule = build_plugins(cfg)
+    text = (CONF / "method" / f"{method}.yaml").read_text()
+    assert text.startswith("# @package _global_") and f"/cache: {cache.name}" in text and f"/decoding: {rule.name}" in text
