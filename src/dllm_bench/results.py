@@ -61,7 +61,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 # old behaviour: left out of the hash at that value, so folders written before the key existed stay
 # resumable. A shard's hash keeps its `shard`: shards of one cell are different jobs.
 LATER_KEYS = {"fused": False, "cfg_scale": 0.0, "timing": asdict(TimingConf()), "protocol": "clean", "shard": None,
-              "task.protocol": "clean"}
+              "task.protocol": "clean", "decoding.alg": None}
 # Keys renamed since (new name -> the name hashed), and plugin-node keys the hash fills in at their
 # old value when a plugin does not take them (the decoding node once listed every rule's argument).
 RENAMED_KEYS = {"measure": "metrics"}
