@@ -237,5 +237,6 @@ def test_help_lists_only_run_py_groups(tmp_path):
     assert proc.returncode == 0
     block = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     groups = {line.split(":")[0] for line in block.splitlines() if re.match(r"^[\w/]+: ", line)}
-    assert groups == {"cache", "decoding", "experiment", "logger", "model", "task"}
+    assert groups == {d.name for d in (ROOT / "conf").iterdir() if d.is_dir() and d.name != "hydra"}
+    assert {"cache", "decoding", "model", "task"} <= groups and "train" not in groups and "train/arch" not in groups
     assert "--dry-run" in proc.stdout.split("== Configuration groups ==")[0]
