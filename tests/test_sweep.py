@@ -29,7 +29,8 @@ def test_six_jobs_complete(six_job_sweep):
         assert set(r["metrics"]) >= {"accuracy", "tokens_per_s", "nfe_mean", "latency_s_mean", "latency_s_median",
                                      "latency_s_p90", "tokens_per_forward", "ms_per_forward",
                                      "cache_refreshes_mean", "peak_memory_bytes", "kv_cache_bytes", "n_samples",
-                                     "wall_s"}
+                                     "accuracy_pass_s", "tokens_per_s_q25", "tokens_per_s_q75", "timing_rel_iqr",
+                                     "load_1m", "compute_skipped"}
         assert r["config"]["model"]["path"] == "../shared/fixtures/llada_tiny"  # as written, not resolved
         assert len((sweep / job / "samples.jsonl").read_text().splitlines()) == 2
         assert (sweep / job / ".hydra" / "config.yaml").exists()

@@ -254,13 +254,13 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
     """
     job_dir = Path(job_dir)
     sweep_dir = job_dir.parent
-    launched = utc_now()
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config, RUN_ONLY_KEYS)
     logger = instantiate(cfg.logger) if cfg.logger else NullLogger()
     key = None if isinstance(logger, NullLogger) else cfg.logger._target_
-    done = None if cfg.force else find_done(sweep_dir, chash, job_dir)
+    before = find_done(sweep_dir, chash, job_dir)  # with force=true: the result this run replaces
+    done = None if cfg.force else before
     if done is not None:
         return _skip(done, sweep_dir, job_dir.name, logger, key)
     prep = prepare(cfg, root)
@@ -273,10 +273,9 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
         rebuild_sweep_table(sweep_dir)
         return None
     try:
-        # finished by another launcher meanwhile? (timestamps have whole seconds: with force=true, a
-        # result of this launch's very second counts as older, so a forced rerun never skips its own cell)
-        done = find_done(sweep_dir, chash, warn=False)
-        if done is not None and (not cfg.force or str(done[1].get("finished_at")) > launched):
+        done = find_done(sweep_dir, chash, warn=False)  # finished by another launcher meanwhile?
+        if done is not None and (not cfg.force or before is None or
+                                 (done[0], done[1].get("finished_at")) != (before[0], before[1].get("finished_at"))):
             return _skip(done, sweep_dir, job_dir.name, NullLogger(), None)
         set_threads(cfg)
         torch.manual_seed(cfg.seed)
