@@ -56,7 +56,16 @@ def compose(overrides: list[str]):
     except ConfigError as e:
         raise ChatError(str(e)) from None
     except Exception as e:  # Hydra / OmegaConf composition errors: their first line names the value
-        raise ChatError((str(e).strip().splitlines() or [type(e).__name__])[0]) from None
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        if e.__cause__ is not None:  # "Error merging override x=y" says why in its cause
+            lines[0] += ": " + (str(e.__cause__).strip().splitlines() or [""])[0]
+        options = []  # Hydra lists a group's options after "Available options", one per tab-indented line
+        for ln in lines[next((i + 1 for i, ln in enumerate(lines) if ln.startswith("Available options")), len(lines)):]:
+            if not ln.startswith("\t"):
+                break
+            options.append(ln.strip())
+        detail = next((ln.strip() for ln in lines[1:] if ln.strip() and not ln.startswith(("\t", "Available"))), "")
+        raise ChatError(lines[0] + (f" (valid: {', '.join(options)})" if options else f": {detail}" if detail else "")) from None
     return cfg
 
 

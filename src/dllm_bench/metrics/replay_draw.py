@@ -276,8 +276,8 @@ def _legend(d, y: int, palette: list[str], font) -> None:
 def page(record: dict) -> str:
     """A self-contained HTML page (inline CSS and JavaScript, no network): the generation at any
     forward chosen with a slider (or played), in the colours and marks of the animation, a
-    caption of what the forward did, and each token's position, decoding forward and confidence on
-    hover."""
+    caption of what the forward did, and each token's position, decoding forward and the rule's score
+    (its confidence) on hover."""
     data = {"record": record, "colors": colors(max(record["nfe"], 1)),
             "captions": [step_caption(record, k) for k in range(len(record["steps"]) + 1)]}
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
@@ -365,7 +365,7 @@ function show(k) {
     s.classList.toggle("rem", rem.has(p));
     s.title = "position " + p + (t === null ? " · masked" : " · " + JSON.stringify(label(t)) +
       " · decoded at forward " + (f.at[p] + 1) + " (block " + (R.steps[f.at[p]].block + 1) + ", step " +
-      (R.steps[f.at[p]].step + 1) + ")" + (f.conf[p] === null ? "" : " · confidence " + f.conf[p]));
+      (R.steps[f.at[p]].step + 1) + ")" + (f.conf[p] === null ? "" : " · score " + f.conf[p]));
   });
   document.getElementById("cap").textContent = D.captions[k];
   document.getElementById("pos").textContent = k + " / " + N;
