@@ -100,8 +100,8 @@ def picture(record: dict) -> bytes:
         img[k][np.array(_fed(st, G))] = 0.86
         for p, _, _ in st["unmasked"]:
             img[k, p] = to_rgb(palette[k])
-    width = min(max(2.5 + G * 0.11, 6.0), 18.0)
-    height = min(max(1.8 + n * 0.1, 3.2), 12.0)
+    width = min(max(2.5 + G * 0.11, 6.0), 14.0)
+    height = min(max(1.8 + n * 0.1, 3.2), 9.0)
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -193,59 +193,78 @@ def animation(record: dict) -> bytes:
     """GIF, one frame before the first forward and one after each: the generation as it appears,
     masked positions grey, tokens coloured by the forward that decoded them (outlined in black on
     that forward), the current block on a yellow ground, the positions each forward fed the model
-    underlined in blue, block boundaries as vertical bars, re-masked positions outlined in red."""
+    underlined in blue, block boundaries as vertical bars, re-masked positions outlined in red.
+    Frames are drawn incrementally (only the positions whose look changed) on a fixed palette."""
     from PIL import Image, ImageDraw
 
     toks, ats = frames(record)
-    n = max(record["nfe"], 1)
+    G, n = record["gen_length"], max(record["nfe"], 1)
     palette = colors(n)
     font, small, head = _font(15), _font(10), _font(13)
     char_w = int(round(font.getlength("M")))
     boxes, text_h = _layout(record, toks, char_w)
     top, legend_h = 58, 40
     H = top + text_h + legend_h
-    block_of = [next(b for b, (lo, hi) in enumerate(record["blocks"]) if lo <= p < hi) if record["blocks"] else 0
-                for p in range(record["gen_length"])]
-    starts = {lo for lo, _ in record["blocks"][1:]}
+    block_of = [next((b for b, (lo, hi) in enumerate(record["blocks"]) if lo <= p < hi), 0) for p in range(G)]
     special = {str(t) for t in record["special"]}
+    im = Image.new("RGB", (_W, H), "white")
+    d = ImageDraw.Draw(im)
+    d.text((_MARGIN, 8), f"{record['title']} · sample {record['id']}", fill="black", font=head)
+    for lo, _ in record["blocks"][1:]:
+        x, y, _w = boxes[lo]
+        d.rectangle((x - 5, top + y - 3, x - 4, top + y + _ROW - 4), fill="black")
+    _legend(d, H - legend_h + 8, palette, small)
+    fixed = _gif_palette(palette)
+    drawn: list[tuple | None] = [None] * G
     images = []
     for k in range(len(toks)):
         st = record["steps"][k - 1] if k else None
-        im = Image.new("RGB", (_W, H), "white")
-        d = ImageDraw.Draw(im)
-        d.text((_MARGIN, 8), f"{record['title']} · sample {record['id']}", fill="black", font=head)
+        d.rectangle((0, 28, _W, 50), fill="white")
         d.text((_MARGIN, 30), step_caption(record, k), fill="#333333", font=head)
-        fed = _fed(st, record["gen_length"]) if st else [False] * record["gen_length"]
+        fed = _fed(st, G) if st else [False] * G
         new = {p for p, _, _ in st["unmasked"]} if st else set()
         rem = set(st["remasked"]) if st else set()
         for p, (x, y, w) in enumerate(boxes):
-            y0 = top + y
-            if st is not None and block_of[p] == st["block"]:
-                d.rectangle((x - 2, y0 - 2, x + w + 1, y0 + _ROW - 6), fill=CURRENT)
             t = toks[k][p]
+            look = (t, ats[k][p], st is not None and block_of[p] == st["block"], p in new, p in rem, fed[p])
+            if look == drawn[p]:
+                continue
+            drawn[p] = look
+            y0 = top + y
+            d.rectangle((x - 1, y0 - 2, x + w, y0 + _ROW - 5), fill=CURRENT if look[2] else "white")
             fill = MASKED if t is None else palette[ats[k][p]]
             d.rectangle((x, y0, x + w - 1, y0 + _ROW - 9), fill=fill)
             if t is not None:
                 label = _label(record, t)
                 ink = "white" if _luminance(fill) < 0.5 else "black"
                 f = small if str(t) in special else font
-                tw = f.getlength(label)
-                d.text((x + (w - tw) / 2, y0 + (4 if f is font else 6)), label, fill=ink, font=f)
-            if p in new:
-                d.rectangle((x, y0, x + w - 1, y0 + _ROW - 9), outline="black", width=2)
-            if p in rem:
-                d.rectangle((x, y0, x + w - 1, y0 + _ROW - 9), outline=REMASK, width=2)
-            if fed[p]:
+                d.text((x + (w - f.getlength(label)) / 2, y0 + (4 if f is font else 6)), label, fill=ink, font=f)
+            if look[3] or look[4]:
+                d.rectangle((x, y0, x + w - 1, y0 + _ROW - 9), outline=REMASK if look[4] else "black", width=2)
+            if look[5]:
                 d.rectangle((x, y0 + _ROW - 7, x + w - 1, y0 + _ROW - 5), fill=FED)
-            if p in starts:
-                d.rectangle((x - 5, y0 - 3, x - 4, y0 + _ROW - 4), fill="black")
-        _legend(d, H - legend_h + 8, palette, small)
-        images.append(im)
+        images.append(im.quantize(palette=fixed, dither=Image.Dither.NONE))
     step_ms = int(min(max(6000 / n, 80), 400))
     durations = [700] + [step_ms] * (len(images) - 2) + [2500] if len(images) > 1 else [2500]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
     return buf.getvalue()
+
+
+def _gif_palette(scale: list[str]):
+    """A fixed 256-colour palette: the drawing's own colours, up to 200 of the forward scale, and
+    greys for anti-aliased text (quantizing to it is far faster than an adaptive palette per frame)."""
+    from PIL import Image
+    from matplotlib.colors import to_rgb
+
+    ui = ["#ffffff", "#000000", MASKED, CURRENT, FED, REMASK, "#333333"]
+    step = max(1, -(-len(scale) // 200))
+    rgb = [tuple(round(255 * c) for c in to_rgb(h)) for h in ui + scale[::step]]
+    rgb += [(v, v, v) for v in range(0, 256, 5)]
+    flat = [c for t in rgb[:256] for c in t]
+    pal = Image.new("P", (1, 1))
+    pal.putpalette(flat + [0] * (768 - len(flat)))
+    return pal
 
 
 def _legend(d, y: int, palette: list[str], font) -> None:
