@@ -150,8 +150,7 @@ def test_default_config_is_the_tiny_llada_cell():
 def test_shipped_tiny_models_solve_arith(tmp_path, model):
     """The whole path (char tokenizer, prompts, decoding, stop at EOS, scoring) on a trained model."""
     folder = ROOT / "assets" / "models" / model.replace("_arith", "-arith").replace("_", "-")
-    if not (folder / "config.json").exists():
-        pytest.skip(f"{folder} not trained yet")
+    assert (folder / "config.json").exists(), f"{folder} is missing: the shipped tiny models are part of the project"
     res = run_job(compose([f"model={model}", "n_samples=50", "gen_length=64", "batch_size=25"]),
                   tmp_path / "s" / "j", ROOT)
     assert res["status"] == "ok"
@@ -188,3 +187,16 @@ def test_timed_pass_interleaves_the_baseline_and_records_spread_and_load(tmp_pat
     assert {"load_1m", "load_other_cpu", "cpus", "torch_threads"} <= set(m)
     with pytest.raises(ConfigError, match="timing.repeats=0"):
         run_job(compose(["timing.repeats=0"]), tmp_path / "s" / "bad", ROOT)
+
+
+def test_compute_skipped_reflects_the_cache(tmp_path):
+    """Layer x token work a full forward at every step would do, and the fraction each cache skips."""
+    out = {}
+    for cache in ("none", "prefix", "dual"):
+        res = run_job(compose([f"cache={cache}", "decoding=threshold", "threshold=0.9", "n_samples=2",
+                               "timing.repeats=1", "timing.warmup=0"]), tmp_path / "s" / cache, ROOT)
+        out[cache] = res["metrics"]
+    assert out["none"]["compute_skipped"] == 0
+    assert 0 < out["prefix"]["compute_skipped"] < out["dual"]["compute_skipped"] < 1
+    for m in out.values():
+        assert m["layer_tokens_computed"] > 0

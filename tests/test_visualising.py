@@ -187,6 +187,31 @@ def test_replay_records_every_forward_and_draws_files(path, cache, rule, args):
     assert metric.result()["samples"][0]["remasked"] == n_remasked
 
 
+@pytest.mark.parametrize("cache", list(CACHES))
+def test_replay_works_for_every_cache(llada, cache):
+    """Every registered cache, with a re-masking rule (WINO where registered, else the test's) or,
+    where the cache refuses it, the first rule it takes: the record replays to the engine's tokens,
+    its re-masks are the engine's, and the files exist."""
+    prompt, ref = torch.arange(5, 17), None
+    for name in ("wino", "remask_every_other", "random_order", "threshold"):
+        if name not in RULES:
+            continue
+        engine = dict(gen_length=16, block_length=8, steps=16, decoding=RULES.build(name, **RULES[name].example_args),
+                      cache=CACHES.build(cache, **CACHES[cache].example_args))
+        try:
+            ref = generate(llada, [prompt], **engine)
+            break
+        except ValueError:  # a pairing the engine refuses
+            continue
+    assert ref is not None
+    metric = _replay(llada, prompt, engine)
+    rec = json.loads(metric.files()["replays/sample-0.json"])
+    assert rec["final"] == ref.tokens[0].tolist() and rec["nfe"] == ref.nfe
+    assert sum(len(s["remasked"]) for s in rec["steps"]) == ref.remasked_per_row[0]
+    assert all(s["fed"] or s["prompt_fed"] for s in rec["steps"])  # every forward fed something
+    _check_files(metric.files(), rec)
+
+
 def test_replay_of_an_index_plan_records_the_fed_positions(llada):
     """A cache whose plan is an index set (window None): the fed positions are that set."""
     metric = Replays(llada, samples=1)

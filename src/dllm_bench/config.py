@@ -28,8 +28,8 @@ FAMILIES = ("llada", "dream")
 @dataclass
 class ModelConf:
     name: str = MISSING
-    path: str = MISSING              # checkpoint folder (relative to the project root) or hub id
-    family: str = MISSING            # llada | dream
+    path: str = MISSING  # checkpoint folder (relative to the project root) or hub id
+    family: str = MISSING  # llada | dream
     instruct: bool = False           # apply the tokenizer's chat template to chat-able samples
     tokenizer: Optional[Any] = None  # a `_target_` node building one; null: the checkpoint's own
 
@@ -55,38 +55,37 @@ class TimingConf:
 
 @dataclass
 class RunConfig:
+    """The schema of a sweep cell: types here, values in conf/config.yaml (their one source)."""
+
     model: ModelConf = field(default_factory=ModelConf)
-    cache: Any = MISSING             # `name` (+ `_target_`) + the cache policy's own arguments
-    decoding: Any = MISSING          # `name` (+ `_target_`) + the decoding rule's own arguments
-    task: Any = MISSING              # `_target_` + name + the task's own keyword arguments
-    logger: Any = MISSING            # `_target_` + the logger's keyword arguments
+    cache: Any = MISSING  # `name` (+ `_target_`) + the cache policy's own arguments
+    decoding: Any = MISSING  # `name` (+ `_target_`) + the decoding rule's own arguments
+    task: Any = MISSING  # `_target_` + name + the task's own keyword arguments
+    logger: Any = MISSING  # `_target_` + the logger's keyword arguments
     measure: MeasureConf = field(default_factory=MeasureConf)
     timing: TimingConf = field(default_factory=TimingConf)
-    gen_length: int = 48
-    block_length: Optional[int] = 16  # null: one block (Dream + cache=none: Dream's own schedule)
-    steps: Optional[int] = None      # fixed decoding's total step budget
-    threshold: float = 0.9           # alias read by decoding=threshold (-> decoding.threshold)
-    factor: float = 1.0              # alias read by decoding=factor (-> decoding.factor)
-    cfg_scale: float = 0.0           # classifier-free guidance (the prompt masked in the unconditional pass)
-    batch_size: int = 8
-    n_samples: Optional[int] = 50    # null: the task's whole evaluation set
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    stop_at_eos: bool = False
-    graphs: bool = False  # static-shape steps, CUDA graphs on a GPU (same tokens as eager)
-    fused: bool = False   # torch.compile-fused RMSNorm / RoPE / SwiGLU (models/ops.py)
-    protocol: str = "clean"          # prompt encoding + output post-processing: clean | reference (tasks/protocol.py)
-    shard: Optional[str] = None      # "i/n": this job runs the i-th of n parts of the cell's samples
-    num_threads: Optional[int] = None  # torch threads; null: cpu_count // n_parallel
-    n_parallel: int = 1              # jobs running at once on this machine (submitit_local: all)
-    force: bool = False              # rerun even when the sweep folder holds an ok result
-    progress: bool = True            # tqdm bar per job
-    sweep_name: str = "default"
-    sweeps_dir: str = "sweeps"
-
-
-# Keys that change how a job runs or is reported but not what it measures; the top-level
+    gen_length: int = MISSING
+    block_length: Optional[int] = MISSING  # null: one block (Dream + cache=none: Dream's own schedule)
+    steps: Optional[int] = MISSING  # fixed decoding's total step budget
+    threshold: float = MISSING  # alias read by decoding=threshold (-> decoding.threshold)
+    factor: float = MISSING  # alias read by decoding=factor (-> decoding.factor)
+    cfg_scale: float = MISSING  # classifier-free guidance (the prompt masked in the unconditional pass)
+    batch_size: int = MISSING
+    n_samples: Optional[int] = MISSING  # null: the task's whole evaluation set
+    seed: int = MISSING
+    device: str = MISSING
+    dtype: str = MISSING
+    stop_at_eos: bool = MISSING
+    graphs: bool = MISSING  # static-shape steps, CUDA graphs on a GPU (same tokens as eager)
+    fused: bool = MISSING  # torch.compile-fused RMSNorm / RoPE / SwiGLU (models/ops.py)
+    protocol: str = MISSING  # prompt encoding + output post-processing: clean | reference (tasks/protocol.py)
+    shard: Optional[str] = MISSING  # "i/n": this job runs the i-th of n parts of the cell's samples
+    num_threads: Optional[int] = MISSING  # torch threads; null: cpu_count // n_parallel
+    n_parallel: int = MISSING  # jobs running at once on this machine (submitit_local: all)
+    force: bool = MISSING  # rerun even when the sweep folder holds an ok result
+    progress: bool = MISSING  # tqdm bar per job
+    sweep_name: str = MISSING
+    sweeps_dir: str = MISSING  # Keys that change how a job runs or is reported but not what it measures; the top-level
 # threshold / factor are aliases whose effective value lives in `decoding`.
 RUN_ONLY_KEYS = ("logger", "num_threads", "n_parallel", "force", "progress", "sweep_name", "sweeps_dir",
                  "threshold", "factor")

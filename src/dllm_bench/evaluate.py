@@ -26,11 +26,13 @@ def generate_all(model, tokenizer, prompts: list, engine: dict, *, batch_size: i
     generated ids into its output (default: cut at ``stop_ids`` and ``stop_sequences``, the clean
     protocol). Returns (rows, info): a row per prompt with ``output``,
     ``n_generated_tokens``, ``nfe`` (its own forward count), ``remasked``, ``batch_latency_s``,
-    ``batch_size``, ``cache_refreshes``; info: ``wall_s``, ``batch_nfe``, ``kv_cache_bytes``."""
+    ``batch_size``, ``cache_refreshes``; info: ``wall_s``, ``batch_nfe``, ``kv_cache_bytes``, ``stats``
+    (the plugins' numeric counters of ``GenerationResult.stats``, summed)."""
     device = model.device
     rows: list[dict] = []
     wall = 0.0
     batch_nfe = kv_bytes = 0
+    stats: dict[str, float] = {}
     cache = engine.get("cache")
     for lo in range(0, len(prompts), batch_size):
         batch = prompts[lo:lo + batch_size]
@@ -38,6 +40,9 @@ def generate_all(model, tokenizer, prompts: list, engine: dict, *, batch_size: i
             res = generate(model, batch, generator=generator, **engine)
         wall += sw.seconds
         batch_nfe += res.nfe
+        for k, v in res.stats.items():  # plugins' numeric counters, summed over the batches
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                stats[k] = stats.get(k, 0) + v
         if hasattr(cache, "kv_bytes"):
             kv_bytes = max(kv_bytes, cache.kv_bytes(model, len(batch), max(len(p) for p in batch) + engine["gen_length"]))
         new = []
@@ -52,7 +57,7 @@ def generate_all(model, tokenizer, prompts: list, engine: dict, *, batch_size: i
         rows.extend(new)
         if progress is not None:
             progress(len(batch))
-    return rows, {"wall_s": wall, "batch_nfe": batch_nfe, "kv_cache_bytes": kv_bytes}
+    return rows, {"wall_s": wall, "batch_nfe": batch_nfe, "kv_cache_bytes": kv_bytes, "stats": stats}
 
 
 @dataclass

@@ -158,6 +158,7 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict, dict]:
         "cache_refreshes_mean": sum(r["cache_refreshes"] for r in rows) / n,
         "peak_memory_bytes": peak,
         "kv_cache_bytes": info["kv_cache_bytes"],
+        **compute_metrics(info["stats"]),
         "n_samples": n,
         "generated_tokens": tokens,
         "accuracy_pass_s": info["wall_s"],
@@ -184,6 +185,18 @@ def _measure(cfg, task, model_path: str) -> tuple[dict, list[dict], dict, dict]:
             sections[m.name] = section
         files.update(m.files())
     return out, rows, sections, files
+
+
+def compute_metrics(stats: dict) -> dict:
+    """The hardware-independent cost of a cell from the engine's counters: layer x token
+    computations done and the fraction a full forward at every step would have done but this cache
+    skipped (negative when a rule adds work, e.g. WINO's shadow block); plugin counters as
+    ``stat_<name>``."""
+    done, total = stats.get("layer_tokens_computed"), stats.get("layer_tokens_total")
+    out = {f"stat_{k}": v for k, v in stats.items() if k not in ("layer_tokens_computed", "layer_tokens_total")}
+    if done is not None and total:
+        out.update(layer_tokens_computed=done, compute_skipped=1 - done / total)
+    return out
 
 
 def _summary(res: dict, job: str) -> str:

@@ -66,8 +66,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 # old behaviour: left out of the hash at that value, so folders written before the key existed stay
 # resumable. A shard's hash keeps its `shard`: shards of one cell are different jobs.
 LATER_KEYS = {"fused": False, "cfg_scale": 0.0, "timing": asdict(TimingConf()), "protocol": "clean", "shard": None,
-              "task.protocol": "clean", "metrics.agreement": False, "metrics.agreement_samples": None,
-              "metrics.replays": 0}
+              "task.protocol": "clean", "decoding.alg": None, "metrics.agreement": False,
+              "metrics.agreement_samples": None, "metrics.replays": 0}
 # Keys renamed since (new name -> the name hashed), and plugin-node keys the hash fills in at their
 # old value when a plugin does not take them (the decoding node once listed every rule's argument).
 RENAMED_KEYS = {"measure": "metrics"}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
 from .metrics.timing import cpu_name
 from .models import ModelConfig, build_model, save_model
@@ -38,15 +39,15 @@ _RUN_ONLY = ("out", "overwrite", "threads", "save_every", "log_every", "eval_sam
 
 @dataclass
 class ArchConfig:
-    name: str = "llada"
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 4
-    mlp_hidden: int = 256
-    rope_theta: float = 100.0   # sequences are < 128 tokens: high frequencies make position look-ups sharp
+    name: str = MISSING
+    d_model: int = MISSING
+    n_layers: int = MISSING
+    n_heads: int = MISSING
+    n_kv_heads: int = MISSING
+    mlp_hidden: int = MISSING
+    rope_theta: float = MISSING  # sequences are < 128 tokens: high frequencies make position look-ups sharp
     norm_eps: float = 1e-5
-    qkv_bias: bool = False
+    qkv_bias: bool = MISSING
     tie_embeddings: bool = False
     max_length: int = 512
 
@@ -59,11 +60,11 @@ class ArchConfig:
 
 @dataclass
 class TaskConfig:
-    n_steps: int = 8
-    modulus: int = 10
-    ops: str = "+-*"
-    var_prob: float = 0.0           # the shipped recipe (conf/train/config.yaml): no variable look-ups,
-    max_operand: int | None = 3     # constants 1..3, so every step is learnable in minutes
+    n_steps: int = MISSING
+    modulus: int = MISSING
+    ops: str = MISSING
+    var_prob: float = MISSING       # values: conf/train/config.yaml (their one source)
+    max_operand: int | None = MISSING
 
     def __post_init__(self):
         ArithmeticTask(**asdict(self))  # raises ValueError listing what is wrong
@@ -71,26 +72,26 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    arch: ArchConfig = field(default_factory=ArchConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    arch: ArchConfig = MISSING
+    task: TaskConfig = MISSING
     out: str = "???"
-    overwrite: bool = False
-    seed: int = 0
-    threads: int = 1
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    gen_lengths: list = field(default_factory=lambda: [56, 64])
-    train_n_steps: list = field(default_factory=lambda: [6, 7, 8])
-    save_every: int = 250
-    log_every: int = 10
-    eval_samples: int = 200
-    eval_gen_length: int = 64
-    eval_block_length: int = 16
+    overwrite: bool = MISSING
+    seed: int = MISSING
+    threads: int = MISSING
+    steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    min_lr: float = MISSING
+    warmup_steps: int = MISSING
+    weight_decay: float = MISSING
+    grad_clip: float = MISSING
+    gen_lengths: list = MISSING
+    train_n_steps: list = MISSING
+    save_every: int = MISSING
+    log_every: int = MISSING
+    eval_samples: int = MISSING
+    eval_gen_length: int = MISSING
+    eval_block_length: int = MISSING
 
     def __post_init__(self):
         task = self.task if isinstance(self.task, dict) else asdict(self.task)

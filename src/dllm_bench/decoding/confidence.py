@@ -11,9 +11,9 @@ def predict(logits: torch.Tensor, *, mask_id: int, score: str, fp64: bool, tempe
 
     x0 is the argmax (Gumbel-max when temperature > 0) with the mask token excluded: a model can
     predict [MASK] itself, and the reference then never finishes the block.
-    conf is the probability of x0 under softmax(logits) — in float64 for LLaDA (``fp64``), in the
-    logits' dtype for Dream — or Dream's negative entropy, or uniform noise for
-    ``remasking="random"``.
+    conf (``score``) is "prob": the probability of x0 under softmax(logits) — in float64 for LLaDA
+    (``fp64``), in the logits' dtype for Dream; "margin": top-1 minus top-2 probability; or
+    "neg_entropy": Dream's negative entropy; uniform noise for ``remasking="random"``.
     """
     if fp64:  # LLaDA: Gumbel noise on untempered float64 logits, confidence from plain softmax
         probs = F.softmax(logits.to(torch.float64), dim=-1)
@@ -33,6 +33,9 @@ def predict(logits: torch.Tensor, *, mask_id: int, score: str, fp64: bool, tempe
     x0 = pick.argmax(-1)
     if remasking == "random":
         conf = torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
+    elif score == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        conf = top2[..., 0] - top2[..., 1]
     elif score == "neg_entropy":
         conf = (probs * torch.log(probs + 1e-10)).sum(-1)
     else:

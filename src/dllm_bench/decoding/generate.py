@@ -14,7 +14,7 @@ import torch
 
 from .caches.base import Cache
 from .loop import StepInfo, block_loop
-from .registry import CACHES, RULES, check_number
+from .registry import CACHES, RULES, check_number, did_you_mean
 from .rules.base import Rule
 from .state import DecodeState
 
@@ -105,11 +105,12 @@ def _left_pad(prompt_ids, attention_mask, pad_id: int):
 
 def build_plugins(cache: str | Cache = "none", decoding: str | Rule = "fixed", **kwargs) -> tuple[Cache, Rule]:
     """(cache, rule) from names or instances; each keyword goes to the plugin that has an argument
-    of that name (the rule first). ``None`` values are dropped (the legacy signature passes
-    ``threshold=None`` and ``factor=None``)."""
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    of that name (the rule first). A ``None`` for an argument neither plugin has is dropped (the
+    legacy signature passes ``threshold=None`` and ``factor=None`` whatever the rule)."""
     rule_cls = type(decoding) if isinstance(decoding, Rule) else RULES[decoding]
     cache_cls = type(cache) if isinstance(cache, Cache) else CACHES[cache]
+    known = set(rule_cls.arg_names()) | set(cache_cls.arg_names())
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in known}
     rule_kw, cache_kw = {}, {}
     for k, v in kwargs.items():
         if k in rule_cls.arg_names() and not isinstance(decoding, Rule):
@@ -117,9 +118,10 @@ def build_plugins(cache: str | Cache = "none", decoding: str | Rule = "fixed", *
         elif k in cache_cls.arg_names() and not isinstance(cache, Cache):
             cache_kw[k] = v
         else:
+            valid = rule_cls.arg_names() + cache_cls.arg_names()
             raise ValueError(f"unknown argument {k}={v!r} for decoding {rule_cls.name!r} "
                              f"(valid: {', '.join(rule_cls.arg_names()) or 'none'}) and cache {cache_cls.name!r} "
-                             f"(valid: {', '.join(cache_cls.arg_names()) or 'none'})")
+                             f"(valid: {', '.join(cache_cls.arg_names()) or 'none'}).{did_you_mean(k, valid)}")
     return CACHES.build(cache, **cache_kw), RULES.build(decoding, **rule_kw)
 
 

@@ -149,6 +149,28 @@ class _Forward:
                      logits_slice=rows_idx, hooks=plan.hooks)
 
 
+def _work(state: DecodeState, plan: Plan, extra: Extra | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row (B,): real (non-padding) tokens this forward computes, and those of a full forward.
+    Summed over the steps a row takes part in, times the layers, they make the hardware-independent
+    cost counters ``layer_tokens_computed`` / ``layer_tokens_total`` (a batch reports the sum of its
+    rows' batch-size-1 costs)."""
+    B, L = state.x.shape
+    real = state.key_mask
+    total = real.sum(-1) if real is not None else torch.full((B,), L, device=state.device)
+    if plan.index is None:
+        end = L if plan.end is None else plan.end
+        fed = real[:, plan.start:end].sum(-1) if real is not None else torch.full((B,), end - plan.start,
+                                                                                     device=state.device)
+    else:
+        ok = torch.ones_like(plan.index, dtype=torch.bool) if plan.valid is None else plan.valid
+        if real is not None:
+            ok = ok & real.gather(1, plan.index)
+        fed = ok.sum(-1)
+    if extra is not None:
+        fed = fed + extra.ids.shape[1]
+    return fed, total
+
+
 def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: bool = False, trace: bool = False,
                on_step: Callable[[StepInfo], None] | None = None, graphs: bool = False) -> LoopOutput:
     """Decode the masked tail of ``state.x`` (B, L) in place, block by block. See ``generate``.
@@ -175,8 +197,11 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
     forces_first = profile.refresh_forces_first and state.blocked
     nfe = refreshes = skipped = 0
     nfe_row = torch.zeros(B, dtype=torch.long, device=x.device)
+    work_done = torch.zeros(B, dtype=torch.long, device=x.device)  # per row: see _work
+    work_total = torch.zeros(B, dtype=torch.long, device=x.device)
     remasked_row = torch.zeros(B, dtype=torch.long, device=x.device)
     records: list[dict] | None = [] if trace else None
+    state.rule = rule
     cache.setup(state)
     rule.setup(state)
 
@@ -184,16 +209,19 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
         s, e = P + b * state.block_length, P + (b + 1) * state.block_length
         state.block, state.start, state.end, state.step = b, s, e, 0
         ts, te = (s, e) if rule.targets == "block" else (P, L)
+        state.targets = (ts, te)
         rule.begin_block(state)
         cache.begin_block(state)
         while True:
             active = (x[:, s:e] == mask_id).any(-1)
             if state.step > 0 and (rule.exhausted(state) or (can_exit and not bool(active.any()))):
                 break
+            state.live = (active | (not can_exit)) if state.step > 0 else torch.ones_like(active)
             plan = cache.plan(state)
             extra = rule.extra_queries(state)
             general = extra is not None or not forward.fast(plan, ts, te)
             rows, fresh = forward.target_rows(plan, ts, te) if general else (None, None)
+            state.fresh = fresh
 
             def run(which: str, plan=plan, extra=extra, rows=rows):
                 return forward(plan, ts, te, extra, which, rows)
@@ -209,9 +237,16 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
                 pred = rule.predict(main, state)
                 if n_extra:
                     pred.extra_logits = logits[:, te - ts:]
+            row_calls = calls  # a cache's guidance may run its unconditional pass for some rows only
+            if isinstance(calls, torch.Tensor):
+                calls = int(calls.max())
             state.calls += calls
             nfe += calls
-            nfe_row += calls * (active | (not can_exit) if state.step > 0 else torch.ones_like(active))
+            if plan.hooks is None:  # layer x token work vs a full forward (layer hooks count their own)
+                fed, total = _work(state, plan, extra)
+                work_done += fed * state.live
+                work_total += total * state.live
+            nfe_row += row_calls * state.live
             refreshes += int(plan.refresh)
 
             tgt = x[:, ts:te]  # a view: writes land in x
@@ -255,6 +290,10 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
                 x[:, e:] = cfg.eos_token_id
                 skipped = state.n_blocks - 1 - b
                 break
+    if int(work_total.sum()):
+        work = cfg.n_layers * (2 if guided else 1)  # guidance runs the unconditional rows too
+        state.count("layer_tokens_computed", int(work_done.sum()) * work)
+        state.count("layer_tokens_total", int(work_total.sum()) * work)
     # (x itself is not rebound: the step functions kept for replay read it)
     result = x_out.copy_(x) if static is not None else x
     return LoopOutput(x=result, nfe=nfe, nfe_per_row=nfe_row.tolist(), refreshes=refreshes,

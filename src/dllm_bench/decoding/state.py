@@ -32,6 +32,11 @@ class DecodeState:
     end: int = 0
     step: int = 0                        # step within the block; 0 = the block's first forward
     calls: int = 0                       # model forward calls so far in this generate()
+    fresh: torch.Tensor | None = None    # (B, W) targets this step's forward predicted (None: all of them)
+    targets: tuple[int, int] = (0, 0)    # [start, end) of the positions the rule predicts this block
+    live: torch.Tensor | None = None     # (B,) bool: rows this step's forward counts for (a row decoded
+                                         # alone would run it; rows whose block is done would not)
+    rule: Any = None                     # the call's decoding rule (caches that follow its schedule)
     extras: dict = field(default_factory=dict)  # plugins' counters for GenerationResult.stats
 
     @property

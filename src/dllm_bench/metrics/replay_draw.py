@@ -140,7 +140,8 @@ def picture(record: dict) -> bytes:
                Line2D([], [], color="black", lw=0.6, ls=":", label="block's first forward")]
     if rem:
         handles.append(Line2D([], [], ls="", marker="x", color=REMASK, label="re-masked"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=7)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), max(2, int(width // 2.3))),
+               frameon=False, fontsize=7)
     ax.set_title(f"{record['title']}\nsample {record['id']}: {G} positions, {record['nfe']} forwards"
                  + (f", {len(rem)} re-masked" if rem else ""), fontsize=9)
     buf = io.BytesIO()
@@ -239,8 +240,9 @@ def animation(record: dict) -> bytes:
                 ink = "white" if _luminance(fill) < 0.5 else "black"
                 f = small if str(t) in special else font
                 d.text((x + (w - f.getlength(label)) / 2, y0 + (4 if f is font else 6)), label, fill=ink, font=f)
-            if look[3] or look[4]:
+            if look[3] or look[4]:  # a white inner line keeps the outline visible on dark colours too
                 d.rectangle((x, y0, x + w - 1, y0 + _ROW - 9), outline=REMASK if look[4] else "black", width=2)
+                d.rectangle((x + 2, y0 + 2, x + w - 3, y0 + _ROW - 11), outline="white", width=1)
             if look[5]:
                 d.rectangle((x, y0 + _ROW - 7, x + w - 1, y0 + _ROW - 5), fill=FED)
         images.append(im.quantize(palette=fixed, dither=Image.Dither.NONE))
@@ -277,7 +279,8 @@ def _legend(d, y: int, palette: list[str], font) -> None:
         elif kind == "bar":
             d.rectangle((x, y + 9, x + 14, y + 12), fill=color)
         elif kind == "outline":
-            d.rectangle((x, y, x + 14, y + 12), outline=color, width=2)
+            d.rectangle((x, y, x + 14, y + 12), fill=MASKED if color == REMASK else palette[0], outline=color, width=2)
+            d.rectangle((x + 2, y + 2, x + 12, y + 10), outline="white", width=1)
         else:
             d.rectangle((x + 6, y - 1, x + 7, y + 13), fill=color)
         d.text((x + 19, y), text, fill="#333333", font=font)
@@ -313,8 +316,9 @@ h1{font-size:17px;margin:0 0 .3em}#cap{font-size:14px;color:#333;min-height:1.4e
 #text{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:15px;line-height:30px;margin:1em 0}
 .t{display:inline-block;min-height:20px;line-height:20px;padding:0 3px;margin:0 3px 0 0;white-space:pre;
    text-align:center;background:#dcdcdc;border-radius:2px;vertical-align:top;position:relative;box-sizing:border-box}
-.cur{box-shadow:0 0 0 2px #ffe066}.new{outline:2px solid #000;outline-offset:-2px}
-.rem{outline:2px solid #d62728;outline-offset:-2px}.fed{border-bottom:3px solid #1f77b4}
+.cur{box-shadow:0 0 0 2px #ffe066}.new,.rem{box-shadow:inset 0 0 0 3px #fff}
+.cur.new,.cur.rem{box-shadow:0 0 0 2px #ffe066,inset 0 0 0 3px #fff}
+.new{outline:2px solid #000;outline-offset:-2px}.rem{outline:2px solid #d62728;outline-offset:-2px}.fed{border-bottom:3px solid #1f77b4}
 .sp{font-size:10px}.blk{display:inline-block;max-width:100%;vertical-align:top;padding-left:4px;margin-right:2px}
 .blk.bs{border-left:2px solid #000}
 #legend{font-size:12px;color:#444;display:flex;flex-wrap:wrap;gap:1em;align-items:center}

@@ -1,5 +1,5 @@
 """Cache policies, one file each; importing this package registers the built-in ones."""
 from .base import Cache, WindowCache
-from . import dual, none, prefix  # noqa: F401  (registration)
+from . import dkv_decode, dkv_greedy, dllm_cache, dual, none, prefix  # noqa: F401  (registration)
 
 __all__ = ["Cache", "WindowCache"]

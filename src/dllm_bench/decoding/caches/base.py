@@ -51,7 +51,9 @@ class Cache(Plugin):
         """After the step's decision was applied to ``state.x`` (``state.step`` still this step's)."""
 
     def guided(self, forward, state: DecodeState, plan: Plan) -> tuple[torch.Tensor, int]:
-        """Classifier-free guidance (``state.cfg_scale > 0``): (logits, model calls).
+        """Classifier-free guidance (``state.cfg_scale > 0``): (logits, model calls). The calls may
+        be a (B,) tensor of each row's own count when some rows skip a pass (the batch's count is
+        its maximum).
 
         ``forward(rows)`` runs this step's forward for ``rows`` = "cond", "uncond" (the prompt
         masked) or "both" (one call on the doubled batch) and returns the targets' logits. The

@@ -40,7 +40,7 @@ class Rule(Plugin):
     exit_when_done: ClassVar[bool] = True
     supports_graphs: ClassVar[bool] = True
     families: ClassVar[tuple[str, ...]] = ("llada", "dream")
-    score: ClassVar[str] = "prob"   # confidence used by the default predict: "prob" | "neg_entropy"
+    score: ClassVar[str] = "prob"   # confidence used by the default predict: "prob" | "margin" | "neg_entropy"
 
     def check(self) -> None:
         check_number("temperature", self.temperature, lo=0)
