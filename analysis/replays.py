@@ -1,8 +1,8 @@
 """The decoding replays of a sweep's jobs (`measure.replays=N`, drawn by the job into
 `<job>/replays/sample-<i>.{png,gif,html,json}`), gathered for the report.
 
-`gallery` copies each finished job's replay files into `<out_dir>/replays/<sweep>_<job>/` (so the
-report folder stays self-contained) and shows each sample's step x position picture, with its
+`gallery` copies each finished job's replay files into `<out_dir>/replays/` as
+`replay_<sweep>_<job>_sample-<i>.*` (so the report folder stays self-contained) and shows each sample's step x position picture, with its
 animation (GIF) and step-slider page (HTML) beside it under the same name, which the report links.
 It reads files only, never the engine.
 """
@@ -27,14 +27,14 @@ def gallery(df: pd.DataFrame, out_dir) -> FigureResult:
         job = Path(str(row.get("job_path"))) if isinstance(row.get("job_path"), str) else None
         if job is None or not (job / "replays").is_dir():
             continue
-        dest = Path(out_dir) / "replays" / slug(row.get("sweep"), row.get("job_dir"))
+        dest, prefix = Path(out_dir) / "replays", slug("replay", row.get("sweep"), row.get("job_dir"))
         for png in sorted((job / "replays").glob("sample-*.png"), key=lambda p: int(p.stem.split("-")[-1])):
             dest.mkdir(parents=True, exist_ok=True)
             copied = []
-            for kind in KINDS:
+            for kind in KINDS:  # one name per job and sample: the W&B mirror keys figures by file stem
                 src = png.with_suffix(f".{kind}")
                 if src.is_file():
-                    copied.append(Path(shutil.copy2(src, dest / src.name)))
+                    copied.append(Path(shutil.copy2(src, dest / f"{prefix}_{src.name}")))
             result.paths += copied
             result.images.append((copied[0], _caption(png.with_suffix(".json"), row)))
     if not result.paths:
