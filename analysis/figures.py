@@ -11,6 +11,9 @@ draws an empty plot). Only rows with status "ok" are used.
 - kv_similarity:      paper Fig. 3: step x step heatmaps (prompt, suffix) and per-layer
                       similarity to the refresh step (results.json `kv_similarity`).
 - latency_breakdown:  paper Fig. 1c: steps (NFE), time per step, latency per sample.
+- agreement:          token / answer agreement with one-token-per-step decoding vs threshold (or
+                      per configuration), next to accuracy (`measure.agreement`).
+- replay_gallery:     the jobs' decoding replays (`measure.replays`, analysis.replays).
 The Table 1/2 writer lives in analysis.tables (write_speedup_table).
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from . import methods
+from .replays import gallery as replay_gallery
 from .style import (LABELS, FigureResult, cache_color, decoding_marker, new_figure, save, slug,
                     styled)
 
@@ -264,7 +268,74 @@ def latency_breakdown(df: pd.DataFrame, out_dir) -> FigureResult:
     return _or_skip(result, "no NFE or latency metrics")
 
 
+@_figure
+def agreement(df: pd.DataFrame, out_dir) -> FigureResult:
+    """Agreement with one-token-per-step decoding (`measure.agreement`, Fast-dLLM's Theorem 1
+    measured), next to accuracy.
+
+    Needs: metrics.agreement_tokens. With >= 2 thresholds for one cache and block length: (a) token
+    and answer agreement vs threshold, one colour per cache (other rules of those caches dotted);
+    (b) accuracy vs threshold, with the
+    one-token-per-step decode's accuracy on the same samples dotted. Otherwise one bar group per
+    configuration (rule, cache): token, exact and answer agreement and both accuracies.
+    """
+    result = FigureResult("agreement")
+    for key, sub in methods.groups(_with(df, "metrics.agreement_tokens")):
+        thr = sub[(sub["decoding.name"] == "threshold") & sub["decoding.threshold"].notna()]
+        curves = [(ck, _mean_by(c, "decoding.threshold"))
+                  for ck, c in thr.groupby(["cache.name", "block_length"], dropna=False)
+                  if c["decoding.threshold"].nunique() >= 2]
+        if curves:
+            fig, axes = new_figure(ncols=2, width=3.9, height=3.2)
+            many_blocks = len({ck[1] for ck, _ in curves}) > 1
+            for i, ((cache, block), c) in enumerate(curves):
+                name = f"{cache} cache" + (f", block {block:g}" if many_blocks else "")
+                color, t = cache_color(cache), c["decoding.threshold"]
+                size = dict(ms=max(8 - 2 * i, 3), lw=max(2.2 - 0.6 * i, 0.8))  # equal curves stay visible
+                axes[0].plot(t, c["metrics.agreement_tokens"] * 100, marker="^", color=color,
+                             label=f"tokens, {name}", **size)
+                axes[0].plot(t, c["metrics.agreement_answer"] * 100, marker="o", ls="--", color=color,
+                             mfc="none", label=f"answer, {name}", **size)
+                axes[1].plot(t, c["metrics.accuracy"] * 100, marker="^", color=color, label=f"threshold, {name}",
+                             **size)
+                axes[1].axhline(c["metrics.agreement_sequential_accuracy"].mean() * 100, color=color, ls=":",
+                                lw=1, label=f"one token per step, {name}")
+            others = sub[(sub["decoding.name"] != "threshold") & sub["cache.name"].isin({ck[0] for ck, _ in curves})]
+            for _, r in others.iterrows():  # other rules of the same caches: reference lines
+                axes[0].axhline(r["metrics.agreement_tokens"] * 100, color=cache_color(r["cache.name"]), ls=":",
+                                lw=1, label=f"tokens, {methods.label(r)}")
+            axes[0].set(xlabel=LABELS["decoding.threshold"], ylabel="Agreement with 1 token/step (%)",
+                        title="(a) agreement vs threshold")
+            axes[1].set(xlabel=LABELS["decoding.threshold"], ylabel=LABELS["metrics.accuracy"],
+                        title="(b) accuracy vs threshold")
+            for ax in axes:
+                ax.legend(loc="best", fontsize=6)
+        else:
+            sub = sub.iloc[sorted(range(len(sub)), key=lambda i: methods.sort_key(sub.iloc[i]))]
+            bars = {"metrics.agreement_tokens": "token agreement", "metrics.agreement_exact": "exact match",
+                    "metrics.agreement_answer": "answer agreement", "metrics.accuracy": "accuracy",
+                    "metrics.agreement_sequential_accuracy": "accuracy, 1 token/step"}
+            fig, (ax,) = new_figure(width=5.6, height=1.2 + 0.55 * len(sub))
+            ypos, h = np.arange(len(sub)), 0.8 / len(bars)
+            for j, (col, name) in enumerate(bars.items()):
+                values = pd.to_numeric(sub[col], errors="coerce") * 100 if col in sub else np.nan * ypos
+                ax.barh(ypos + (j - (len(bars) - 1) / 2) * h, values, height=h, label=name,
+                        color=f"C{j}", hatch="//" if "accuracy" in col else None, alpha=0.9)
+            ax.set_yticks(ypos, [methods.label(r, methods.varies(sub, "block_length")) for _, r in sub.iterrows()])
+            ax.invert_yaxis()
+            ax.set(xlabel="%", xlim=(0, 100), title="Agreement with one-token-per-step decoding, and accuracy")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 / (1 + 0.3 * len(sub))), ncol=3,
+                      frameon=False, fontsize=7)
+        n = int(pd.to_numeric(sub["metrics.agreement_n"], errors="coerce").min()) if "metrics.agreement_n" in sub else 0
+        fig.suptitle(f"Parallel vs sequential decoding — {methods.group_title(key)}")
+        _add(result, save(fig, out_dir, slug("agreement", *key)),
+             f"Agreement with one-token-per-step decoding (same model, cache and block length; {n}+ samples per "
+             f"job), {methods.group_title(key)}")
+    return _or_skip(result, "no agreement metric (run with measure.agreement=true)")
+
+
 ALL = (pareto, threshold_sweep, block_size_sweep, kv_similarity, latency_breakdown)
+ALL += (agreement, replay_gallery)
 
 
 def _with(df: pd.DataFrame, *cols: str) -> pd.DataFrame:

@@ -161,7 +161,8 @@ class _Page:
                     lines += ["```", data, "```", ""]
                 elif kind == "img":
                     path, caption = data
-                    lines += [f"![{caption}]({self._rel(path)})", "", f"*{caption}*", ""]
+                    links = "".join(f" ([{name}]({self._rel(p)}))" for p, name in _siblings(path))
+                    lines += [f"![{caption}]({self._rel(path)})", "", f"*{caption}*{links}", ""]
                 elif kind == "table":
                     cols, rows = data
                     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -178,8 +179,8 @@ class _Page:
             return f"<pre>{_e(data)}</pre>"
         if kind == "img":
             path, caption = data
-            pdf = Path(path).with_suffix(".pdf")
-            link = f" (<a href='{_e(self._rel(pdf))}'>PDF</a>)" if pdf.is_file() else ""
+            links = [f"<a href='{_e(self._rel(p))}'>{name}</a>" for p, name in _siblings(path)]
+            link = f" ({', '.join(links)})" if links else ""
             return (f"<figure><img src='{_e(self._rel(path))}' alt='{_e(caption)}'>"
                     f"<figcaption>{_e(caption)}{link}</figcaption></figure>")
         cols, rows = data
@@ -189,6 +190,12 @@ class _Page:
 
     def _rel(self, path) -> str:
         return Path(path).resolve().relative_to(self.out.resolve()).as_posix()
+
+
+def _siblings(path) -> list[tuple[Path, str]]:
+    """Files beside a figure that the report links: its PDF; a replay's animation and page."""
+    kinds = ((".pdf", "PDF"), (".gif", "animation"), (".html", "step-by-step page"))
+    return [(Path(path).with_suffix(ext), name) for ext, name in kinds if Path(path).with_suffix(ext).is_file()]
 
 
 def _jobs_table(df: pd.DataFrame):

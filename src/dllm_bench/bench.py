@@ -37,6 +37,11 @@ PRESETS = {
                  "vocab_size": 152064, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
                  "max_position_embeddings": 131072, "mask_token_id": 151666, "eos_token_id": 151643,
                  "pad_token_id": 151643},
+    # the CPU comparison shape of issue 20 (d_model 512, 8 layers; LLaDA's vocabulary and 3x MLP)
+    "llada-cpu": {"model_type": "llada", "d_model": 512, "n_layers": 8, "n_heads": 8, "n_kv_heads": 8,
+                  "mlp_hidden_size": 1536, "vocab_size": 126464, "embedding_size": 126464,
+                  "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "max_sequence_length": 4096,
+                  "mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081},
     "llada-tiny": {"model_type": "llada", "d_model": 64, "n_layers": 3, "n_heads": 4, "n_kv_heads": 4,
                    "mlp_hidden_size": 160, "vocab_size": 384, "embedding_size": 384,
                    "rope_theta": 500000.0, "max_sequence_length": 4096, "mask_token_id": 383,

@@ -39,6 +39,9 @@ class MeasureConf:
     kv_similarity: bool = False      # paper Fig. 3: K/V cosine similarity across steps (slow)
     kv_similarity_samples: int = 2   # samples measured (batch size 1, after the timed run)
     kv_heatmap_prompt_tokens: int = 64  # heatmap keeps the prompt's last N tokens (memory bound)
+    agreement: bool = False          # token / answer agreement with one-token-per-step decoding (extra decode)
+    agreement_samples: Optional[int] = None  # samples compared (null: all of the cell's)
+    replays: int = 0                 # step-by-step replays (PNG, GIF, HTML) of the first N samples
 
 
 @dataclass
@@ -273,6 +276,10 @@ def validate(cfg, check_device: bool = True) -> None:
         bad.append(f"timing.max_spread={t.max_spread} must be a finite number > 0")
     if m.kv_heatmap_prompt_tokens < 0:
         bad.append(f"measure.kv_heatmap_prompt_tokens={m.kv_heatmap_prompt_tokens} must be >= 0")
+    if m.agreement_samples is not None and m.agreement_samples < 1:
+        bad.append(f"measure.agreement_samples={m.agreement_samples} must be >= 1 (or null for all)")
+    if m.replays < 0:
+        bad.append(f"measure.replays={m.replays} must be >= 0 (samples replayed)")
     if cfg.batch_size < 1:
         bad.append(f"batch_size={cfg.batch_size} must be >= 1")
     if cfg.n_samples is not None and cfg.n_samples < 1:

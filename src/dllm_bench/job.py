@@ -43,13 +43,13 @@ from .claims import Claim, describe
 from .config import RUN_ONLY_KEYS, build_plugins, validate
 from .evaluate import generate_all, paired_speedup, speed_metrics, time_engines
 from .logging_wandb import NullLogger
-from .metrics import build_metrics, run_extra_pass
+from .metrics import JobView, build_metrics, run_extra_pass
 from .metrics.timing import peak_memory_bytes, reset_peak
 from .models.loading import resolve_dtype
 from .models.ops import use_fused
 from .prepare import Prepared, prepare, resolve_model_path  # noqa: F401  (also importable from here)
-from .results import (RESULTS, SCHEMA_VERSION, atomic_write_text, config_hash, env_stamp, find_done, mark_mirrored,
-                      mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
+from .results import (RESULTS, SCHEMA_VERSION, atomic_write_bytes, atomic_write_text, config_hash, env_stamp,
+                      find_done, mark_mirrored, mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
 from .tasks import score_all
 from .tasks.tokens import stop_token_ids
 
@@ -78,10 +78,20 @@ def baseline_engine(cfg, engine: dict) -> dict:
     return dict(engine, cache=CACHES.build("none"), decoding=RULES.build("fixed"), steps=cfg.gen_length, graphs=False)
 
 
-def _measure(cfg, prep: Prepared) -> tuple[dict, list[dict], dict]:
+def _title(cfg) -> str:
+    """One line naming a cell, for pictures: model, cache, decoding and its arguments, lengths."""
+    name = cfg.decoding.name
+    args = " ".join((f"{v:g}" if isinstance(v, float) else str(v)) if k == name else f"{k}={v}"
+                    for k, v in cfg.decoding.items()
+                    if k not in ("name", "_target_", "temperature", "remasking") and v is not None)
+    return (f"{cfg.model.name} · {cfg.cache.name} cache · {name}" + (f" {args}" if args else "")
+            + f" · gen {cfg.gen_length}, " + (f"block {cfg.block_length}" if cfg.block_length else "one block"))
+
+
+def _measure(cfg, prep: Prepared) -> tuple[dict, list[dict], dict, dict]:
     """Load; the accuracy pass (all samples, batched); the timed pass (a subset, repeated,
-    interleaved with the baseline when asked); scoring; metrics' extra pass.
-    Returns (metrics, sample rows, extra results.json sections)."""
+    interleaved with the baseline when asked); scoring; metrics' extra pass and finish.
+    Returns (metrics, sample rows, extra results.json sections, files for the job folder)."""
     device = torch.device(cfg.device)
     task, tok, protocol, samples, prompts = prep.task, prep.tokenizer, prep.protocol, prep.samples, prep.prompts
     t0 = time.perf_counter()
@@ -148,11 +158,20 @@ def _measure(cfg, prep: Prepared) -> tuple[dict, list[dict], dict]:
     sections: dict = {"timing": {"order": timing.order, **{
         name: [{"wall_s": r.wall_s, "nfe": r.nfe} for r in reps] for name, reps in timing.repeats.items()}}}
     run_extra_pass(metrics, model, prompts, engine, generate, generator=gen)  # after timing: never timed
+
+    def score(indices: list[int], token_rows: list) -> list:
+        texts = [protocol.postprocess(ids, tok, stop_ids, task.stop_sequences, samples[i].meta.get("doc"))[0]
+                 for i, ids in zip(indices, token_rows)]
+        return list(zip(texts, score_all(task, [samples[i] for i in indices], texts)))
+
+    view, files = JobView(rows, tok, _title(cfg), score), {}
     for m in metrics:
+        m.finish(view)
         out.update(m.summary())
         if (section := m.result()) is not None:
             sections[m.name] = section
-    return out, rows, sections
+        files.update(m.files())
+    return out, rows, sections, files
 
 
 def compute_metrics(stats: dict) -> dict:
@@ -283,8 +302,9 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
                    "config": config, "config_hash": chash, "metrics": {}, "env": env_stamp(cfg.device),
                    "started_at": utc_now()}
         rows: list[dict] = []
+        files: dict[str, bytes] = {}
         try:
-            results["metrics"], rows, sections = _measure(cfg, prep)
+            results["metrics"], rows, sections, files = _measure(cfg, prep)
             results.update(sections)
         except Exception as e:  # recorded, not raised: the sweep goes on and a rerun retries this job
             # the traceback goes to the job's run.log only (conf/config.yaml's console filter)
@@ -294,6 +314,9 @@ def run_job(cfg: DictConfig, job_dir: str | Path, root: str | Path) -> dict | No
         results["finished_at"] = utc_now()
         with _holding_interrupts():  # Ctrl-C now would leave a half-written job folder
             try:
+                for rel, data in files.items():  # before results.json, the job's commit marker
+                    (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(job_dir / rel, data)
                 write_job(job_dir, results, rows)
             except OSError as e:
                 raise _write_failed(job_dir, results, e) from e

@@ -2,10 +2,11 @@
 
 The job always writes results.json / samples.jsonl first; a logger only mirrors them. ``WandbLogger``
 makes one W&B run per job: group = sweep name, config = the resolved config, summary = the
-namespaced metrics (``W&B_KEYS``), a ``samples`` table, tags for model / cache / decoding, and its
-files under ``<job_dir>/wandb``. It runs offline unless the user is logged in or sets ``WANDB_MODE``.
-Anything W&B cannot do becomes a warning: local results never depend on it. W&B's own console
-output is off unless ``quiet=false`` (run.py's summary says where offline runs are and how to sync).
+namespaced metrics (``W&B_KEYS``), a ``samples`` table, the decoding replays as media (when the
+job made them), tags for model / cache / decoding, and its files under ``<job_dir>/wandb``. It runs
+offline unless the user is logged in or sets ``WANDB_MODE``. Anything W&B cannot do becomes a
+warning: local results never depend on it. W&B's own console output is off unless ``quiet=false``
+(run.py's summary says where offline runs are and how to sync them).
 
 Online mode costs one short connection attempt per process: before the first online run, a TCP
 connection to W&B's server (or the HTTPS proxy) must open within ``connect_timeout_s``; if it does
@@ -161,5 +162,23 @@ class WandbLogger:
                 rows = [[s.get(c) if isinstance(s.get(c), (int, float, bool, type(None))) else str(s.get(c))
                          for c in cols] for s in samples]
                 run.log({"samples": wandb.Table(columns=cols, data=rows)})
+            if media := replay_media(wandb, results, job_dir):
+                run.log(media)
         finally:
             run.finish()
+
+
+def replay_media(wandb, results: dict, job_dir: Path) -> dict:
+    """The job's decoding replays (results.json ``replays``) as W&B media: per sample the step x
+    position picture (Image), the animation (Video, GIF) and the slider page (Html)."""
+    media = {}
+    for entry in (results.get("replays") or {}).get("samples", []):
+        files, key = entry.get("files", {}), f"replays/sample-{entry['index']}"
+        caption = f"sample {entry['id']}: {entry['nfe']} forwards"
+        if (job_dir / files.get("png", "-")).is_file():
+            media[f"{key}/steps"] = wandb.Image(str(job_dir / files["png"]), caption=caption)
+        if (job_dir / files.get("gif", "-")).is_file():
+            media[f"{key}/animation"] = wandb.Video(str(job_dir / files["gif"]), caption=caption)
+        if (job_dir / files.get("html", "-")).is_file():
+            media[f"{key}/page"] = wandb.Html((job_dir / files["html"]).read_text())
+    return media

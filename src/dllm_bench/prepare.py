@@ -83,6 +83,17 @@ def model_files(model_path: str) -> Path:
                           f"model.path to its folder") from None
 
 
+def check_model(model_path: str) -> tuple[Path, Any]:
+    """(folder of config.json and the tokenizer, the model's ModelConfig): a local checkpoint's
+    config.json, weight files and shard index checked; a hub id's small files fetched and its
+    config.json checked (its weights come with ``load_model``). A one-line ``ConfigError``."""
+    folder = model_files(model_path)
+    try:
+        return folder, check_checkpoint(folder) if Path(model_path).is_dir() else read_config(folder)[1]
+    except (ValueError, OSError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check_context(cfg, task, samples, prompts, max_length: int) -> None:
     """Refuse a cell whose longest prompt + gen_length does not fit the model's positions."""
     i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
@@ -111,11 +122,7 @@ def prepare(cfg, root: str | Path, memo: dict | None = None) -> Prepared:
 
     task = _memo(memo, ("task", _yaml(cfg.task)), make_task)
     model_path = resolve_model_path(cfg.model.path, root)
-    folder = _memo(memo, ("files", model_path), lambda: model_files(model_path))
-    try:  # a local checkpoint's config.json, weight files and shard index; a hub id's config.json
-        shape = check_checkpoint(folder) if Path(model_path).is_dir() else read_config(folder)[1]
-    except (ValueError, OSError) as e:
-        raise ConfigError(str(e)) from None
+    folder, shape = _memo(memo, ("model", model_path), lambda: check_model(model_path))
 
     def make_tokenizer():
         try:

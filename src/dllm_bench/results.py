@@ -43,11 +43,16 @@ def utc_now() -> str:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temp file + rename (atomic on POSIX)."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file + rename (atomic on POSIX)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,7 +66,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 # old behaviour: left out of the hash at that value, so folders written before the key existed stay
 # resumable. A shard's hash keeps its `shard`: shards of one cell are different jobs.
 LATER_KEYS = {"fused": False, "cfg_scale": 0.0, "timing": asdict(TimingConf()), "protocol": "clean", "shard": None,
-              "task.protocol": "clean", "decoding.alg": None}
+              "task.protocol": "clean", "decoding.alg": None, "metrics.agreement": False,
+              "metrics.agreement_samples": None, "metrics.replays": 0}
 # Keys renamed since (new name -> the name hashed), and plugin-node keys the hash fills in at their
 # old value when a plugin does not take them (the decoding node once listed every rule's argument).
 RENAMED_KEYS = {"measure": "metrics"}
