@@ -47,6 +47,10 @@ PRESETS = {
                    "mlp_hidden_size": 160, "vocab_size": 384, "embedding_size": 384,
                    "rope_theta": 500000.0, "max_sequence_length": 4096, "mask_token_id": 383,
                    "eos_token_id": 381, "pad_token_id": 381},
+    "dream-tiny": {"model_type": "Dream", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "intermediate_size": 160, "vocab_size": 384,
+                   "max_position_embeddings": 4096, "mask_token_id": 383, "eos_token_id": 381,
+                   "pad_token_id": 381, "bos_token_id": 380},
 }
 
 
@@ -184,6 +188,20 @@ def build(args, device):
     return model, f"random:{args.random_weights or args.config}"
 
 
+def step_window(cache, batch: int, length: int, block_start: int, block_end: int) -> tuple[int, int] | None:
+    """[start, end) of the positions a window cache feeds on a later step of the block, or None for
+    a policy whose steps are not one window."""
+    if not isinstance(cache, WindowCache):
+        return None
+    L = length
+    x = torch.empty((batch, length), dtype=torch.long, device="meta")
+    state = DecodeState(model=None, x=x, prompt_len=block_start, gen_length=L - block_start,
+                        block_length=block_end - block_start, steps=None, blocked=True, key_mask=None,
+                        position_ids=None, start=block_start, end=block_end, step=1)
+    plan = cache.plan(state)
+    return plan.start, L if plan.end is None else plan.end
+
+
 def step_fn(model, cache, x, block_start: int, block_end: int, graphs: bool):
     """The forward a window cache repeats within a block, after its refresh filled the cache.
 
@@ -191,19 +209,16 @@ def step_fn(model, cache, x, block_start: int, block_end: int, graphs: bool):
     ``graphs`` changes nothing here: the step is the same static-buffer call either way). Returns
     (None, None) for a policy whose steps are not one window (timed end to end only).
     """
-    if not isinstance(cache, WindowCache):
+    window = step_window(cache, *x.shape, block_start, block_end)
+    if window is None:
         return None, None
     B, L = x.shape
-    state = DecodeState(model=model, x=x, prompt_len=block_start, gen_length=L - block_start,
-                        block_length=block_end - block_start, steps=None, blocked=True, key_mask=None,
-                        position_ids=None, start=block_start, end=block_end, step=1)
-    plan = cache.plan(state)
     buffers = StaticBuffers(model, B, L, cache.uses_kv, masked=False, capture=graphs and x.device.type == "cuda")
     buffers.load(x, None, None)
     kv, xs = buffers.kv, buffers.x
     if kv is not None:  # the block's refresh
         model(xs, cache=kv, start=0, logits_slice=slice(block_start, block_end))
-    start, end = plan.start, L if plan.end is None else plan.end
+    start, end = window
     sl = slice(block_start - start, block_end - start)
 
     def step():
@@ -217,10 +232,15 @@ def timing_input(cfg, batch: int, prompt_length: int, gen_length: int, block_len
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (batch, prompt_length), generator=gen).to(device)
     x = torch.cat([prompt, torch.full((batch, gen_length), cfg.mask_token_id, device=device)], 1)
+    return prompt, x, block_bounds(prompt_length, gen_length, block_length)
+
+
+def block_bounds(prompt_length: int, gen_length: int, block_length: int) -> tuple[int, int]:
+    """The timed block: the one starting mid-generation (or the first, when that one would overrun)."""
     s = prompt_length + gen_length // 2
     if s + block_length > prompt_length + gen_length:
         s = prompt_length
-    return prompt, x, (s, s + block_length)
+    return s, s + block_length
 
 
 def _time_ms(fn, device) -> float:
