@@ -104,7 +104,8 @@ def test_floors_count_the_fed_tokens_of_each_step():
               "results": [{"cache": "prefix", "step_ms": 100.0}, {"cache": "dual", "step_ms": 30.0}]}
     gpu_check.add_floors(timing, cfg, tflops=750.0)
     prefix, dual = timing["results"]
-    assert dual["compute_floor_ms"] < prefix["compute_floor_ms"] < timing["full_forward_compute_floor_ms"]
+    assert dual["compute_floor_ms"] < prefix["compute_floor_ms"] < timing["full_forward_flop_floor_ms"]
+    assert 0.85 < timing["full_forward_flop_floor_ms"] / timing["full_forward_compute_floor_ms"] < 1
     # a batch-32 dual step feeds 1024 tokens: ~2 * 7e9 * 1024 FLOPs, about 20 ms at 750 TFLOP/s
     assert 18 < dual["compute_floor_ms"] < 24 and dual["floor_ms"] == dual["compute_floor_ms"]
     assert dual["ratio_to_floor_ms"] == round(30.0 / dual["floor_ms"], 2)

@@ -168,13 +168,16 @@ def step_flops(cfg, batch: int, fed: int, attended: int, logit_rows: int) -> flo
 
 
 def add_floors(timing: dict, cfg, tflops: float | None) -> None:
-    """Each row's compute floor and ``floor_ms`` = max(bandwidth floor, compute floor), with ratios."""
+    """Each row's compute floor (its counted FLOPs at the measured rate) and ``floor_ms`` = max(bandwidth
+    floor, compute floor), with ratios. The full forward gets both its counted-FLOPs floor and
+    ``full_forward_compute_floor_ms`` = 2 x params x tokens (the definition of runs 1-3 and issue #18,
+    which counts the embedding and the LM head on every token, so ~10% higher)."""
     B, P, G, bl = timing["batch_size"], timing["prompt_length"], timing["gen_length"], timing["block_length"]
     L = P + G
     s, e = bench.block_bounds(P, G, bl)
-    full = step_flops(cfg, B, L, L, e - s)
     if tflops:
-        timing["full_forward_compute_floor_ms"] = round(full / (tflops * 1e12) * 1e3, 3)
+        timing["full_forward_compute_floor_ms"] = round(2 * cfg.n_params() * B * L / (tflops * 1e12) * 1e3, 3)
+        timing["full_forward_flop_floor_ms"] = round(step_flops(cfg, B, L, L, e - s) / (tflops * 1e12) * 1e3, 3)
     for r in timing["results"]:
         window = bench.step_window(CACHES.build(r["cache"]), B, L, s, e)
         if window is None or not tflops:
@@ -357,7 +360,7 @@ def methods(c) -> None:
             if c.run.over(f"method {preset} {cache} x {rule}"):
                 continue
             hi = min(1000, model.config.mask_token_id)
-            prompts = [torch.randint(0, hi, (n,), generator=g).to(c.device) for n in (P, max(1, P - 37))]
+            prompts = [torch.randint(0, hi, (n,), generator=g) for n in (P, max(1, P - 37))]  # moved by generate
             c.run.guarded(f"method {preset} {cache} x {rule}", lambda model=model, preset=preset: table.append(
                 method_row(model, preset, cache, rule, prompts, shape, c.best["graphs"], c.device)))
         c.run.save()
