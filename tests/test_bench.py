@@ -45,3 +45,19 @@ def test_cuda_without_gpu_is_a_clear_error():
 def test_too_large_is_refused_with_the_bytes_before_allocating():
     with pytest.raises(SystemExit, match=r"needs about [\d.]+ GiB .* only [\d.]+ GiB available"):
         bench.main(["--random-weights", "llada-8b", "--batch-size", "4096", "--prompt-length", "1024"])
+
+
+def test_interleave_gives_medians_and_quartiles_per_mode(capsys):
+    argv = ["--model", str(LLADA_TINY), "--interleave", "--fused-projections", "off", *SMALL[:-4],
+            "--repeats", "3", "--warmup", "1"]
+    assert bench.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["interleave"] and out["fused_projections"] == "off" and out["repeats"] == 3
+    assert out["machine_load"]["cpus"] >= 1 and out["machine_load"]["wall_s"] > 0
+    assert [r["cache"] for r in out["results"]] == ["none", "prefix", "dual"]
+    for r in out["results"]:
+        q1, q3 = r["step_ms_iqr"]
+        assert 0 < q1 <= r["step_ms"] <= q3
+        q1, q3 = r["e2e_s_iqr"]
+        assert 0 < q1 <= r["e2e_s"] <= q3 and 1 <= r["nfe"] <= 16
+        assert r["full_forward_ms_iqr"][0] <= r["full_forward_ms"] <= r["full_forward_ms_iqr"][1]

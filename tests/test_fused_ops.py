@@ -43,3 +43,20 @@ def test_fused_model_gives_the_golden_tokens(folder):
         res = generate(model, torch.tensor([case["prompt_ids"]]), graphs=True, **case_kwargs(case))
         assert res.tokens[0].tolist() == case["expected_tokens"]
     assert ops_name(use_fused(model, False)) == "eager"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_confidence_is_the_float64_probability_to_the_last_bits(dtype):
+    from dllm_bench.decoding.confidence import predict
+
+    g = torch.Generator().manual_seed(0)
+    V, mask_id = 126464, 126336  # LLaDA's vocabulary
+    logits = (torch.randn(2, 16, V, generator=g) * 4).to(dtype)
+    logits[0, 0, mask_id] = 100.0
+    kw = dict(mask_id=mask_id, score="prob", temperature=0.0, remasking="low_confidence", generator=None)
+    x0, conf = predict(logits, fp64=True, **kw)
+    fx0, fconf = predict(logits, fp64=True, fused=True, **kw)
+    assert torch.equal(fx0, x0) and fconf.dtype == torch.float64
+    assert ((fconf - conf).abs() / conf).max() < 1e-13
+    # Dream's probability (in the logits' dtype) is the eager softmax's with or without fused ops
+    assert torch.equal(predict(logits, fp64=False, fused=True, **kw)[1], predict(logits, fp64=False, **kw)[1])

@@ -25,18 +25,19 @@ GEN = dict(gen_length=16, block_length=8, steps=16, decoding="fixed")
 
 
 def _reference(model, prompt, cache):
-    """The same averages from k_proj / v_proj outputs (before RoPE: the same rotation at the same
-    position leaves a token's cosine across steps unchanged) of a plain full forward per step."""
+    """The same averages from the K / V parts of the QKV projection's output (before RoPE: the same
+    rotation at the same position leaves a token's cosine across steps unchanged) of a plain full
+    forward per step."""
     feats, steps = [], []
-    hooks = [b.attn.k_proj for b in model.blocks] + [b.attn.v_proj for b in model.blocks]
-    got = {}
-    handles = [m.register_forward_hook(lambda m, i, o, j=j: got.__setitem__(j, o)) for j, m in enumerate(hooks)]
+    got = {}  # layer -> (q, k, v) outputs of its qkv_proj
+    handles = [b.attn.qkv_proj.register_forward_hook(lambda m, i, o, j=j: got.__setitem__(j, o))
+               for j, b in enumerate(model.blocks)]
 
     def on_step(info):
         model(info.x.clone())
         n = model.config.n_layers
-        f = [torch.nn.functional.normalize(torch.stack([got[j][0] for j in range(s, s + n)]).float(), dim=-1)
-             for s in (0, n)]  # key, value: (layers, L, Hkv*D)
+        f = [torch.nn.functional.normalize(torch.stack([got[j][part][0] for j in range(n)]).float(), dim=-1)
+             for part in (1, 2)]  # key, value: (layers, L, Hkv*D)
         feats.append(f)
         steps.append((info.step, info.block_start, info.block_end))
 

@@ -8,6 +8,11 @@ For each cache mode it times the step that mode repeats (none: a full forward; p
 over the block and everything after it, against the prefix cache; dual: a forward over the block
 only, against the full cache) with warm-up, device synchronisation and medians, then one whole
 ``generate`` call. It prints a table and, last, one JSON line with every number and the machine.
+
+``--interleave`` (for shared, noisy machines) times the modes round-robin instead: each repeat
+runs the full forward, then every mode's step, then every mode's ``generate``, so a change of
+machine load hits all modes alike; each gets its median and interquartile range over the repeats,
+and the machine's load during the run is recorded.
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ import torch
 
 from .decoding import CACHES, DecodeState, WindowCache, build_plugins, generate, graphs_unsupported
 from .decoding.graphs import StaticBuffers, clear_static_buffers
-from .metrics.timing import device_name, peak_memory_bytes, reset_peak, synchronize
+from .metrics.timing import LoadMeter, device_name, peak_memory_bytes, percentile, reset_peak, synchronize
 from .models import build_model, load_model
 from .models.loading import resolve_dtype
+from .models.layers import use_fused_projections
 from .models.ops import use_fused
 
 # Architecture shapes of the real checkpoints, for timing where the weights are not present.
@@ -46,6 +52,10 @@ PRESETS = {
                    "mlp_hidden_size": 160, "vocab_size": 384, "embedding_size": 384,
                    "rope_theta": 500000.0, "max_sequence_length": 4096, "mask_token_id": 383,
                    "eos_token_id": 381, "pad_token_id": 381},
+    "dream-tiny": {"model_type": "Dream", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "intermediate_size": 160, "vocab_size": 384,
+                   "max_position_embeddings": 4096, "mask_token_id": 383, "eos_token_id": 381,
+                   "pad_token_id": 381, "bos_token_id": 380},
 }
 
 
@@ -114,6 +124,10 @@ def parse_args(argv=None):
                    help="static-buffer steps, replayed as CUDA graphs on a GPU (on a CPU: the same path, no capture)")
     p.add_argument("--fused", default="off", choices=["on", "off"],
                    help="torch.compile-fused RMSNorm / RoPE / SwiGLU (see models/ops.py)")
+    p.add_argument("--fused-projections", default="on", choices=["on", "off"],
+                   help="one matmul for Q/K/V and one for gate/up (off: one per projection, the unfused kernels)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the modes round-robin per repeat (medians and IQR; for noisy machines)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -179,6 +193,20 @@ def build(args, device):
     return model, f"random:{args.random_weights or args.config}"
 
 
+def step_window(cache, batch: int, length: int, block_start: int, block_end: int) -> tuple[int, int] | None:
+    """[start, end) of the positions a window cache feeds on a later step of the block, or None for
+    a policy whose steps are not one window."""
+    if not isinstance(cache, WindowCache):
+        return None
+    L = length
+    x = torch.empty((batch, length), dtype=torch.long, device="meta")
+    state = DecodeState(model=None, x=x, prompt_len=block_start, gen_length=L - block_start,
+                        block_length=block_end - block_start, steps=None, blocked=True, key_mask=None,
+                        position_ids=None, start=block_start, end=block_end, step=1)
+    plan = cache.plan(state)
+    return plan.start, L if plan.end is None else plan.end
+
+
 def step_fn(model, cache, x, block_start: int, block_end: int, graphs: bool):
     """The forward a window cache repeats within a block, after its refresh filled the cache.
 
@@ -186,19 +214,16 @@ def step_fn(model, cache, x, block_start: int, block_end: int, graphs: bool):
     ``graphs`` changes nothing here: the step is the same static-buffer call either way). Returns
     (None, None) for a policy whose steps are not one window (timed end to end only).
     """
-    if not isinstance(cache, WindowCache):
+    window = step_window(cache, *x.shape, block_start, block_end)
+    if window is None:
         return None, None
     B, L = x.shape
-    state = DecodeState(model=model, x=x, prompt_len=block_start, gen_length=L - block_start,
-                        block_length=block_end - block_start, steps=None, blocked=True, key_mask=None,
-                        position_ids=None, start=block_start, end=block_end, step=1)
-    plan = cache.plan(state)
     buffers = StaticBuffers(model, B, L, cache.uses_kv, masked=False, capture=graphs and x.device.type == "cuda")
     buffers.load(x, None, None)
     kv, xs = buffers.kv, buffers.x
     if kv is not None:  # the block's refresh
         model(xs, cache=kv, start=0, logits_slice=slice(block_start, block_end))
-    start, end = plan.start, L if plan.end is None else plan.end
+    start, end = window
     sl = slice(block_start - start, block_end - start)
 
     def step():
@@ -212,10 +237,83 @@ def timing_input(cfg, batch: int, prompt_length: int, gen_length: int, block_len
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, min(cfg.vocab_size, cfg.mask_token_id), (batch, prompt_length), generator=gen).to(device)
     x = torch.cat([prompt, torch.full((batch, gen_length), cfg.mask_token_id, device=device)], 1)
+    return prompt, x, block_bounds(prompt_length, gen_length, block_length)
+
+
+def block_bounds(prompt_length: int, gen_length: int, block_length: int) -> tuple[int, int]:
+    """The timed block: the one starting mid-generation (or the first, when that one would overrun)."""
     s = prompt_length + gen_length // 2
     if s + block_length > prompt_length + gen_length:
         s = prompt_length
-    return prompt, x, (s, s + block_length)
+    return s, s + block_length
+
+
+def _time_ms(fn, device) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _spread(samples: list[float]) -> dict:
+    return {"median": percentile(samples, 50), "q1": percentile(samples, 25), "q3": percentile(samples, 75)}
+
+
+def _e2e_fields(e2e_s: float, nfe: int, B: int, G: int) -> dict:
+    return {"e2e_s": round(e2e_s, 4), "nfe": nfe, "e2e_ms_per_forward": round(e2e_s * 1e3 / nfe, 3),
+            "tokens_per_s": round(B * G / e2e_s, 2), "tokens_per_forward": round(G / nfe, 3)}
+
+
+def _interleaved(model, args, device, x, s, e, prompt, modes) -> tuple[float, list[dict], dict]:
+    """(full forward median ms, one row per mode, machine load): every repeat times the full
+    forward, each mode's step and each mode's ``generate`` in turn (see the module doc)."""
+    B, G, bl = args.batch_size, args.gen_length, args.block_length
+    steps, kws = {}, {}
+    for name, cache, rule, graphs in modes:
+        steps[name] = step_fn(model, cache, x, s, e, graphs and bool(cache.supports_graphs))
+        kws[name] = dict(gen_length=G, block_length=bl, steps=G, cache=cache, decoding=rule,
+                         graphs=graphs and not graphs_unsupported(cache, rule))
+    nfe = {}
+
+    def full():
+        model(x, logits_slice=slice(s, e))
+
+    def run(name):
+        nfe[name] = generate(model, prompt, **kws[name]).nfe
+
+    timed = [("full", full)] + [(n, fn) for n, (fn, _) in steps.items() if fn is not None]
+    if not args.skip_e2e:
+        timed += [(f"e2e:{n}", lambda n=n: run(n)) for n in kws]
+    samples = {"full": [], **{n: [] for n in steps}, **{f"e2e:{n}": [] for n in kws}}
+    for _ in range(args.warmup):  # (and graph capture)
+        for _, fn in timed:
+            fn()
+    with LoadMeter() as load:
+        for _ in range(args.repeats):
+            for key, fn in timed:
+                samples[key].append(_time_ms(fn, device))
+    rows = []
+    for name, cache, rule, _ in modes:
+        row = {"cache": name, "decoding": rule.name, "step_ms": None, "step_ms_iqr": None}
+        if samples[name]:
+            st = _spread(samples[name])
+            row.update(step_ms=round(st["median"], 3), step_ms_iqr=[round(st["q1"], 3), round(st["q3"], 3)],
+                       forwards_per_s=round(1e3 / st["median"], 2))
+        if samples[f"e2e:{name}"]:
+            st = _spread(samples[f"e2e:{name}"])
+            row.update(_e2e_fields(st["median"] / 1e3, nfe[name], B, G))
+            row["e2e_s_iqr"] = [round(st["q1"] / 1e3, 4), round(st["q3"] / 1e3, 4)]
+        row["kv_cache_bytes"] = cache.kv_bytes(model, B, x.shape[1])
+        rows.append(row)
+    full_spread = _spread(samples["full"])
+    for row in rows:
+        row["full_forward_ms"] = round(full_spread["median"], 3)
+        row["full_forward_ms_iqr"] = [round(full_spread["q1"], 3), round(full_spread["q3"], 3)]
+        row["peak_memory_bytes"] = peak_memory_bytes(device)
+    del steps
+    clear_static_buffers(model)
+    return full_spread["median"], rows, load.result()
 
 
 @torch.no_grad()
@@ -227,11 +325,17 @@ def measure(model, args, device) -> dict:
         raise SystemExit(f"error: prompt {P} + gen {G} exceeds the model's maximum length {cfg.max_length}")
     graphs = args.graphs == "on"
     use_fused(model, args.fused == "on")
+    use_fused_projections(model, getattr(args, "fused_projections", "on") == "on")
     prompt, x, (s, e) = timing_input(cfg, B, P, G, bl, args.seed, device)
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    rows = []
-    full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)  # not captured
-    for name in cache_names(args):
+    rows, load = [], None
+    if getattr(args, "interleave", False):
+        modes = [(name, *build_plugins(name, args.decoding, **plugin_args(args)), graphs) for name in cache_names(args)]
+        reset_peak(device)
+        full_ms, rows, load = _interleaved(model, args, device, x, s, e, prompt, modes)
+    else:
+        full_ms = median_ms(lambda: model(x, logits_slice=slice(s, e)), device, 1, args.repeats)  # not captured
+    for name in [] if rows else cache_names(args):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         reset_peak(device)
@@ -251,17 +355,19 @@ def measure(model, args, device) -> dict:
             t0 = time.perf_counter()
             res = generate(model, prompt, **kw)
             synchronize(device)
-            e2e = time.perf_counter() - t0
-            row.update({"e2e_s": round(e2e, 4), "nfe": res.nfe, "e2e_ms_per_forward": round(e2e * 1e3 / res.nfe, 3),
-                        "tokens_per_s": round(B * G / e2e, 2), "tokens_per_forward": round(G / res.nfe, 3)})
+            row.update(_e2e_fields(time.perf_counter() - t0, res.nfe, B, G))
         row["peak_memory_bytes"] = peak_memory_bytes(device)
         rows.append(row)
         clear_static_buffers(model)
     out = {"bench": "dllm_bench.bench", "arch": cfg.arch, "params": cfg.n_params(),
            "weights_bytes": weights_bytes, "device": str(device), "device_name": device_name(device),
            "dtype": args.dtype, "batch_size": B, "prompt_length": P, "gen_length": G, "block_length": bl,
-           "decoding": args.decoding, "graphs": args.graphs,
-           "fused": args.fused, "torch": torch.__version__, "results": rows}
+           "decoding": args.decoding, "graphs": args.graphs, "fused": args.fused,
+           "fused_projections": getattr(args, "fused_projections", "on"),
+           "interleave": bool(getattr(args, "interleave", False)), "repeats": args.repeats,
+           "torch": torch.__version__, "results": rows}
+    if load is not None:
+        out["machine_load"] = load
     if device.type == "cuda":
         bw = copy_bandwidth(device)
         floor_ms = weights_bytes / bw * 1e3  # the weights must be read once per step (bw counts read + write)
@@ -284,11 +390,15 @@ def run(args) -> dict:
 def print_table(out: dict) -> None:
     cols = ["cache", "step_ms", "full_forward_ms", "forwards_per_s", "nfe", "e2e_ms_per_forward",
             "tokens_per_s", "kv_cache_bytes", "peak_memory_bytes"]
+    if out.get("interleave"):
+        cols[2:2] = ["step_ms_iqr"]
+        cols.insert(cols.index("tokens_per_s"), "e2e_s_iqr")
     if "bandwidth_floor_ms" in out:
         cols.append("ratio_to_floor")
     print(f"# {out['model']} on {out['device_name']} ({out['dtype']}, graphs {out['graphs']}, "
-          f"fused {out.get('fused', 'off')}), batch {out['batch_size']}, "
-          f"prompt {out['prompt_length']}, gen {out['gen_length']}, block {out['block_length']}")
+          f"fused {out.get('fused', 'off')}, fused projections {out.get('fused_projections', 'on')}), batch {out['batch_size']}, "
+          f"prompt {out['prompt_length']}, gen {out['gen_length']}, block {out['block_length']}"
+          + (f"; interleaved, {out['repeats']} repeats, load {out['machine_load']}" if out.get("interleave") else ""))
     print(" | ".join(cols))
     for r in out["results"]:
         print(" | ".join(str(r.get(c, "")) for c in cols))

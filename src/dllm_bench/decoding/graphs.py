@@ -18,6 +18,9 @@ from typing import Callable
 
 import torch
 
+from ..models.layers import fused_projections
+from ..models.ops import ops_name
+
 
 class StaticBuffers:
     """Preallocated x / KV cache / positions / mask for one (batch, length) shape, plus its graphs."""
@@ -64,9 +67,10 @@ class StaticBuffers:
 
 
 def static_buffers(model, batch: int, length: int, uses_cache: bool, masked: bool) -> StaticBuffers:
-    """The model's buffers for this shape (created on first use, then reused)."""
+    """The model's buffers for this shape and kernel choice (created on first use, then reused):
+    graphs captured with the eager ops or separate projections are not replayed after a switch."""
     store = model.__dict__.setdefault("_static_buffers", {})
-    key = (batch, length, uses_cache, masked, model.dtype, str(model.device))
+    key = (batch, length, uses_cache, masked, model.dtype, str(model.device), ops_name(model), fused_projections(model))
     if key not in store:
         store[key] = StaticBuffers(model, batch, length, uses_cache, masked)
     return store[key]

@@ -61,6 +61,8 @@ def to_config_json(cfg: ModelConfig) -> dict:
 
 
 def param_names(cfg: ModelConfig) -> dict[str, str]:
+    """checkpoint name -> our parameter name, with Q/K/V and gate/up as separate projections
+    (``layers.unfused_tensors`` names; loading concatenates them into the fused ones)."""
     names = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight"}
     if not cfg.tie_embeddings:
         names["lm_head.weight"] = "lm_head.weight"

@@ -4,6 +4,12 @@ Both architectures are Llama-style pre-norm transformers with RoPE, SwiGLU MLPs 
 differ in parameter names (handled by ``llada.py`` / ``dream.py``), QKV bias, GQA and what the
 decoding loop does with the logits (``DecodingProfile``). Attention is never causal.
 
+Q, K and V are one ``qkv_proj`` and gate and up one ``gate_up_proj`` (``FusedLinear``): one matmul
+each instead of three and two, which on a GPU means fewer, larger kernels (no split-K reductions of
+narrow ones). Checkpoints keep the official separate tensors: ``unfused_tensors`` / ``fuse_tensors``
+split and join them at save and load, and ``use_fused_projections(model, False)`` computes each
+part as its own matmul again (the pre-fusion kernels, for A/B timing and bit-level comparisons).
+
 Keys are cached *after* rotation (the reference rotates cached keys again at each call with the
 same absolute positions; the result is the same function). Every forward may read and write a
 ``KVCache``: fresh K/V of the fed window are written at their absolute positions and attention
@@ -84,24 +90,71 @@ class Rotary(nn.Module):
         return emb.cos(), emb.sin()
 
 
+class Part:
+    """One projection of a ``FusedLinear``, usable as the separate Linear it replaces: ``part(x)``
+    computes it alone; ``weight`` / ``bias`` are views into the fused parameters."""
+
+    def __init__(self, owner: "FusedLinear", index: int):
+        self.owner, self.index = owner, index
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.owner.weight.split(self.owner.widths)[self.index]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        b = self.owner.bias
+        return None if b is None else b.split(self.owner.widths)[self.index]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class FusedLinear(nn.Linear):
+    """Several projections of the same input as one Linear: the rows of ``weight`` (and ``bias``)
+    are the parts' rows in order. ``parts`` maps each part's name, as a separate Linear would be
+    named (``q_proj`` ...), to its width."""
+
+    def __init__(self, d_in: int, parts: dict[str, int], bias: bool):
+        super().__init__(d_in, sum(parts.values()), bias=bias)
+        self.parts = dict(parts)
+        self.widths = list(parts.values())
+        self.fused = True
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (..., d_in) -> one (..., width) tensor per part: views of one matmul's output, or
+        (``fused`` off) one matmul per part on the contiguous row blocks of the weight."""
+        if self.fused:
+            return super().forward(x).split(self.widths, dim=-1)
+        return tuple(self.part(name)(x) for name in self.parts)
+
+    def part(self, name: str) -> Part:
+        return Part(self, list(self.parts).index(name))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, h = cfg.d_model, cfg.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, h
         self.rope_fp32 = cfg.rope_full_precision
-        self.q_proj = nn.Linear(d, cfg.n_heads * h, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(d, cfg.n_kv_heads * h, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(d, cfg.n_kv_heads * h, bias=cfg.qkv_bias)
+        self.qkv_proj = FusedLinear(d, {"q_proj": cfg.n_heads * h, "k_proj": cfg.n_kv_heads * h,
+                                        "v_proj": cfg.n_kv_heads * h}, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * h, d, bias=False)
         self.ops = EAGER
 
+    # the separate projections, each computed alone (for code that needs one of them only)
+    q_proj = property(lambda self: self.qkv_proj.part("q_proj"))
+    k_proj = property(lambda self: self.qkv_proj.part("k_proj"))
+    v_proj = property(lambda self: self.qkv_proj.part("v_proj"))
+
     def project(self, x):
-        """x (B, T, d) -> q (B, H, T, D), k and v (B, Hkv, T, D), before RoPE."""
+        """x (B, T, d) -> q (B, H, T, D), k and v (B, Hkv, T, D), before RoPE (strided views)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
     def rotate(self, q, k, cos, sin):
@@ -127,13 +180,16 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.gate_up_proj = FusedLinear(cfg.d_model, {"gate_proj": cfg.mlp_hidden, "up_proj": cfg.mlp_hidden},
+                                        bias=False)
         self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
         self.ops = EAGER
 
+    gate_proj = property(lambda self: self.gate_up_proj.part("gate_proj"))
+    up_proj = property(lambda self: self.gate_up_proj.part("up_proj"))
+
     def forward(self, x):
-        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(self.ops.swiglu(*self.gate_up_proj(x)))
 
 
 class Block(nn.Module):
@@ -241,13 +297,59 @@ class Transformer(nn.Module):
         return F.linear(x, weight)
 
 
+def unfused_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` (the model's state dict or named parameters) with each fused projection's tensor
+    split into its parts' views, named as separate Linears would be (``blocks.0.attn.q_proj.weight``)."""
+    fused = {name: m for name, m in model.named_modules() if isinstance(m, FusedLinear)}
+    out = {}
+    for name, t in tensors.items():
+        owner, _, leaf = name.rpartition(".")
+        if owner not in fused:
+            out[name] = t
+            continue
+        parent = owner.rpartition(".")[0]
+        for part, piece in zip(fused[owner].parts, t.split(fused[owner].widths)):
+            out[f"{parent}.{part}.{leaf}" if parent else f"{part}.{leaf}"] = piece
+    return out
+
+
+def fuse_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``unfused_tensors``: each fused projection's parts (all present) concatenated
+    into its tensor; other entries unchanged. A new dict; the input is not modified."""
+    out = dict(tensors)
+    for owner, m in model.named_modules():
+        if not isinstance(m, FusedLinear):
+            continue
+        parent = owner.rpartition(".")[0]
+        for leaf in ("weight", "bias"):
+            names = [f"{parent}.{part}.{leaf}" if parent else f"{part}.{leaf}" for part in m.parts]
+            if all(n in out for n in names):
+                out[f"{owner}.{leaf}"] = torch.cat([out.pop(n) for n in names])
+    return out
+
+
+def use_fused_projections(model: nn.Module, on: bool = True) -> nn.Module:
+    """Compute each fused projection as one matmul (``on``, the default) or one per part."""
+    for m in model.modules():
+        if isinstance(m, FusedLinear):
+            m.fused = on
+    return model
+
+
+def fused_projections(model: nn.Module) -> bool:
+    return next((m.fused for m in model.modules() if isinstance(m, FusedLinear)), True)
+
+
 def init_weights(model: Transformer, std: float = 0.02, seed: int | None = None) -> Transformer:
-    """Random initialisation (for ``--random-weights`` benchmarks and training from scratch)."""
+    """Random initialisation (for ``--random-weights`` benchmarks and training from scratch).
+
+    Drawn per separate projection, in the order separate Linears had, so a seed gives the same
+    weights as before the projections were fused."""
     device = model.embed.weight.device
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     n_layers = model.config.n_layers
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in unfused_tensors(model, dict(model.named_parameters())).items():
             if p.dim() == 1:
                 p.copy_(torch.ones_like(p) if name.endswith("norm.weight") else torch.zeros_like(p))
             else:

@@ -66,7 +66,8 @@ def to_config_json(cfg: ModelConfig) -> dict:
 
 
 def param_names(cfg: ModelConfig) -> dict[str, str]:
-    """checkpoint name -> our module name."""
+    """checkpoint name -> our parameter name, with Q/K/V and gate/up as separate projections
+    (``layers.unfused_tensors`` names; loading concatenates them into the fused ones)."""
     t = "model.transformer"
     names = {f"{t}.wte.weight": "embed.weight", f"{t}.ln_f.weight": "norm.weight"}
     if not cfg.tie_embeddings:

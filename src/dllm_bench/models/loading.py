@@ -3,6 +3,10 @@
 Reads ``config.json`` to pick the architecture, then ``model.safetensors`` or the shards listed in
 ``model.safetensors.index.json``. Never runs code shipped with a checkpoint and never unpickles
 ``.bin`` files. Tokenizers load with the standard transformers fast-tokenizer classes.
+
+The family files name each checkpoint tensor by our *separate* parameter name (``...attn.q_proj.weight``);
+the fused projections (``layers.FusedLinear``) get their parts concatenated at load and split
+again at save, so a checkpoint written here has the official tensors and nothing else.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import dream, llada
-from .layers import ModelConfig, Rotary, Transformer, init_weights
+from .layers import ModelConfig, Rotary, Transformer, fuse_tensors, init_weights, unfused_tensors
 
 FAMILIES = {"llada": llada, "dream": dream}
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md"]
@@ -153,7 +157,7 @@ def load_model(path_or_hub_id, *, device: str | torch.device = "cpu",
 
     with torch.device("meta"):
         model = Transformer(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in unfused_tensors(model, model.state_dict()).items()}
     state, unexpected, misshaped = {}, [], []
     for f in files:
         with safe_open(str(f), framework="pt") as st:
@@ -180,7 +184,7 @@ def load_model(path_or_hub_id, *, device: str | torch.device = "cpu",
         raise ValueError(f"weights in {folder} do not match config.json: " + "; ".join(problems))
 
     model = _construct(config, "meta", dtype)
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(fuse_tensors(model, state), strict=True, assign=True)
     model.rotary = Rotary(config.head_dim, config.rope_theta)  # non-persistent buffer: rebuild off meta
     model.name_or_path = str(path_or_hub_id)
     model.folder = str(folder)
@@ -202,7 +206,7 @@ def save_model(model: Transformer, folder: str | os.PathLike, extra_config: dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fam = FAMILIES[model.config.arch]
-    ours = model.state_dict()
+    ours = unfused_tensors(model, model.state_dict())
     tensors = {ckpt: ours[name].detach().to("cpu").contiguous()
                for ckpt, name in fam.param_names(model.config).items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})

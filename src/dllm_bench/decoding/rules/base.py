@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import torch
 
+from ...models.ops import ops_name
 from ..confidence import predict
 from ..registry import Plugin, check_choice, check_number
 from ..state import Decision, DecodeState, Extra, Prediction
@@ -65,7 +66,8 @@ class Rule(Plugin):
     def predict(self, logits: torch.Tensor, state: DecodeState) -> Prediction:
         """logits (B, W, V) at the targets -> Prediction (x0 never the mask token)."""
         x0, conf = predict(logits, mask_id=state.mask_id, score=self.score, fp64=state.profile.confidence_fp64,
-                           temperature=self.temperature, remasking=self.remasking, generator=state.generator)
+                           temperature=self.temperature, remasking=self.remasking, generator=state.generator,
+                           fused=ops_name(state.model) == "fused")
         return Prediction(x0, conf)
 
     @property
