@@ -131,9 +131,9 @@ def threshold_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
         fixed = fixed.sort_values(["cache.name", "_k"])
         fig, axes = new_figure(ncols=3 if len(fixed) else 2, width=3.7, height=3.3)
         many_blocks = len({ck[1] for ck, _ in curves}) > 1
-        for (cache, block), c in curves:
+        for i, ((cache, block), c) in enumerate(curves):
             name = f"threshold, {cache} cache" + (f", block {block:g}" if many_blocks else "")
-            style = dict(color=cache_color(cache), marker="^", label=name)
+            style = dict(color=cache_color(cache), marker="^", label=name, **_line_style(i))
             axes[0].plot(c["decoding.threshold"], c["metrics.accuracy"] * 100, **style)
             axes[1].plot(c["decoding.threshold"], c["_per_step"], **style)
             if len(fixed):
@@ -201,9 +201,10 @@ def block_size_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
             continue
         fig, axes = new_figure(ncols=2)
         banded = False
-        for name, ln, r0 in lines:
+        for i, (name, ln, r0) in enumerate(lines):
             style = dict(color=cache_color(methods.get(r0, "cache.name")),
-                         marker=decoding_marker(methods.get(r0, "decoding.name")), label=name)
+                         marker=decoding_marker(methods.get(r0, "decoding.name")), label=name,
+                         **_line_style(i))
             axes[0].plot(ln["block_length"], ln["metrics.accuracy"] * 100, **style)
             axes[1].plot(ln["block_length"], spread.value(ln, "tokens_per_s"), **style)
             q25, q75 = spread.quartiles(ln, "tokens_per_s")
@@ -338,6 +339,14 @@ def _mean_by(df: pd.DataFrame, col: str) -> pd.DataFrame:
     metrics = [c for c in df.columns if c.startswith(("metrics.", "_"))]
     numeric = df[metrics].apply(pd.to_numeric, errors="coerce")
     return numeric.groupby(df[col]).mean().reset_index().sort_values(col)
+
+
+def _line_style(i: int) -> dict:
+    """Style of the i-th line of a panel: solid with filled markers, then dashed with open
+    markers drawn on top, so that lines with equal values (e.g. 100% accuracy with either cache)
+    all stay visible."""
+    dashes = ("-", (0, (5, 3)), (0, (2, 2)), (0, (6, 2, 1, 2)))[i % 4]
+    return {"ls": dashes, "mfc": "none"} if i else {"ls": dashes}
 
 
 def _label_points(ax, x, y, texts) -> None:

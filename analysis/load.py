@@ -194,7 +194,7 @@ def _read_job(job_path: Path, sweep_dir: Path) -> dict:
     results_file = job_path / "results.json"
     if not results_file.is_file():
         hydra_cfg = job_path / ".hydra" / "config.yaml"
-        if hydra_cfg.is_file():  # composed (not resolved) config: enough to say which job it was
+        if hydra_cfg.is_file():  # Hydra's composed config: which job it was, and its hash
             composed = yaml.safe_load(hydra_cfg.read_text()) or {}
             resolved = _resolve(composed)
             row.update(_config_columns(composed if resolved is None else resolved))
@@ -240,8 +240,10 @@ def _resolve(composed: dict) -> dict | None:
 def _mark_duplicates(rows: list[dict]) -> list[dict]:
     """Folders without results.json whose config an ok job of the sweep already holds: the sweep
     skipped them on purpose (e.g. fixed decoding swept over thresholds it ignores)."""
-    done = {r["config_hash"]: r["job_dir"] for r in rows
-            if r.get("status") == "ok" and r.get("config_hash")}
+    done = {}
+    for r in rows:  # the first ok job of a hash, as the sweep's skip (results.find_done) names it
+        if r.get("status") == "ok" and r.get("config_hash"):
+            done.setdefault(r["config_hash"], r["job_dir"])
     for r in rows:
         holder = done.get(r.pop("_hash", None))
         if r["status"] == "missing" and holder is not None:
