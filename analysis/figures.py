@@ -75,6 +75,7 @@ def pareto(df: pd.DataFrame, out_dir) -> FigureResult:
             ax.errorbar(x[idx], y[idx], xerr=None if xerr is None else xerr[:, idx],
                         fmt=decoding_marker(dec), color=cache_color(cache), ms=6, capsize=2,
                         elinewidth=0.8, ls="none", zorder=3, label=f"{cache} cache, {dec}")
+        _percent_axis(ax)
         front = pareto_front(x, y)
         # the boundary of the region the front dominates, out to the axes (visible even for a
         # one-point front); "pre": between two front points it sits at the right point's accuracy
@@ -159,11 +160,13 @@ def threshold_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
             ax.set_xticks(thresholds, [f"{t:g}" for t in thresholds])
         axes[0].set(xlabel=LABELS["decoding.threshold"], ylabel=LABELS["metrics.accuracy"],
                     title="(a) accuracy vs threshold")
+        _percent_axis(axes[0])
         axes[1].set(xlabel=LABELS["decoding.threshold"], ylabel=LABELS["tokens_per_step"],
                     title="(b) tokens per step vs threshold")
         if len(fixed):
             axes[2].set(xlabel=LABELS["tokens_per_step"], ylabel=LABELS["metrics.accuracy"],
                         title="(c) threshold vs fixed k")
+            _percent_axis(axes[2])
             axes[2].legend(loc="best")
             shown = pd.concat([c for _, c in curves] + [fixed], ignore_index=True)
             texts = [f"{r['decoding.threshold']:g}" if pd.notna(r["decoding.threshold"])
@@ -219,6 +222,7 @@ def block_size_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
             ax.minorticks_off()
             ax.set(xlabel=LABELS["block_length"], ylabel=LABELS[col])
         axes[0].set_title("(a) accuracy")
+        _percent_axis(axes[0])
         axes[1].set_title("(b) throughput")
         axes[1].legend(loc="best")
         fig.suptitle(f"Block-size sweep — {methods.group_title(key)}")
@@ -339,6 +343,16 @@ def _mean_by(df: pd.DataFrame, col: str) -> pd.DataFrame:
     metrics = [c for c in df.columns if c.startswith(("metrics.", "_"))]
     numeric = df[metrics].apply(pd.to_numeric, errors="coerce")
     return numeric.groupby(df[col]).mean().reset_index().sort_values(col)
+
+
+def _percent_axis(ax) -> None:
+    """An accuracy axis stops a little above 100% (autoscaling around points at 100% would
+    show ticks up to 105%); markers on the edge are drawn whole."""
+    low, high = ax.get_ylim()
+    if high > 100:
+        ax.set_ylim(low, 100 + 0.04 * (100 - low))
+        for artist in ax.lines + ax.collections:
+            artist.set_clip_on(False)
 
 
 def _line_style(i: int) -> dict:
