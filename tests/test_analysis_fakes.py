@@ -37,7 +37,8 @@ ENV = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "cuda": None, "transfor
 def job_config(overrides: list[str], sweep: str = "default") -> tuple[str, dict]:
     """(`.hydra/config.yaml` text, resolved config) of the job `python run.py <overrides>` runs,
     composed from the real conf/ (tiny LLaDA, arith, W&B logger by default)."""
-    cfg = compose([*overrides, f"sweep_name={sweep}"], tiny=False)
+    named = any(o.startswith("sweep_name=") for o in overrides)
+    cfg = compose([*overrides, *([] if named else [f"sweep_name={sweep}"])], tiny=False)
     return OmegaConf.to_yaml(cfg), OmegaConf.to_container(cfg, resolve=True)
 
 
