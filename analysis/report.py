@@ -144,7 +144,9 @@ class _Page:
             speed += [("code", c) for c in self._baseline_commands()]
         if table_files:
             speed.append(("p", "Files: " + ", ".join(self._rel(p) for p in table_files)))
-        commands = [("code", c) for c in (sweep_command(m) for _, m in self.sweeps) if c]
+        sweeps = [("code", c) for c in (sweep_command(m) for _, m in self.sweeps) if c]
+        commands = ([("p", "The last `-m` command run into the sweep folder (Hydra's "
+                           "multirun.yaml), then each job's own:")] + sweeps) if sweeps else []
         per_job = [(str(r.get("job_dir")), job_command(r.get("overrides")))
                    for _, r in self.df.iterrows() if r.get("job_dir") is not None]
         commands += [("table", (["Job", "Command"], [[j, c] for j, c in per_job if c]))]
