@@ -51,7 +51,7 @@ def _load_notes(ok: pd.DataFrame) -> list[str]:
         if len(times) >= 2 and times.max() > LOAD_RATIO * times.min():
             notes.append(
                 f"Timing looks load-dependent: ms/forward ranges {times.min():.1f}–"
-                f"{times.max():.1f} ({times.max() / times.min():.0f}×) across "
+                f"{times.max():.1f} ({times.max() / times.min():.1f}×) across "
                 f"{len(times)} jobs that run the same forward "
                 f"({', '.join(f'{k}={v}' for k, v in zip(keys, key) if k.endswith('name'))}); "
                 "compare their speeds with care or rerun them on an idle machine.")
