@@ -36,6 +36,7 @@ def sweep_notes(df: pd.DataFrame) -> list[str]:
 # ones, so a larger spread means the machine's load changed between them.
 _SAME_FORWARD = ("model.name", "task.name", "gen_length", "cache.name", "block_length",
                  "batch_size", "dtype", "device", "graphs", "fused")
+_SHOWN = _SAME_FORWARD[:6]
 LOAD_RATIO = 3.0
 
 
@@ -53,6 +54,6 @@ def _load_notes(ok: pd.DataFrame) -> list[str]:
                 f"Timing looks load-dependent: ms/forward ranges {times.min():.1f}–"
                 f"{times.max():.1f} ({times.max() / times.min():.1f}×) across "
                 f"{len(times)} jobs that run the same forward "
-                f"({', '.join(f'{k}={v}' for k, v in zip(keys, key) if k.endswith('name'))}); "
+                f"({', '.join(f'{k}={v}' for k, v in zip(keys, key) if k in _SHOWN)}); "
                 "compare their speeds with care or rerun them on an idle machine.")
     return notes

@@ -104,7 +104,7 @@ def place_labels(ax, xs, ys, texts, fontsize: float = 6.5) -> bool:
     fig = ax.figure
     fig.canvas.draw()  # settles the layout, so display coordinates are final
     renderer = fig.canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
+    frame = ax.get_window_extent(renderer).padded(1)  # a label may touch the spines
     points = ax.transData.transform(np.column_stack([xs, ys]))
     pad = 4 * fig.dpi / 72  # a marker's half-width, in pixels
     taken = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad) for px, py in points]
@@ -116,8 +116,8 @@ def place_labels(ax, xs, ys, texts, fontsize: float = 6.5) -> bool:
         for dx, dy, ha, va in _LABEL_SPOTS:
             ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                               ha=ha, va=va, fontsize=fontsize)
-            box = ann.get_window_extent(renderer)
-            own = _distance(box, points[i])
+            box = ann.get_window_extent(renderer).padded(-1)  # glyph boxes have slack
+            own = _distance(box, points[i]) + pad  # another point this near reads as its owner
             closer = sum(own - d for j, d in enumerate(_distance(box, p) for p in points)
                          if j != i and d < own)
             cost = (sum(_overlap(box, b) for b in taken) + 4 * (box.width * box.height
