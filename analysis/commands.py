@@ -5,6 +5,9 @@
   `hydra.mode=MULTIRUN` that `-m` itself adds; sweeper params set in the config or an
   experiment overlay are not repeated, since the same overlay applies them again.
 - one job: `.hydra/overrides.yaml` -> `python run.py <overrides>` (a single run, no `-m`).
+- the baseline a sweep lacks: its own command plus `+cell=baseline` (conf/cell/baseline.yaml turns
+  each cell into cache=none, decoding=fixed, steps=gen_length; the sweep runs identical cells once
+  and skips the rest as duplicates), written into the same sweep folder.
 Each override is shell-quoted, so the commands can be pasted as they are.
 """
 from __future__ import annotations
@@ -15,22 +18,32 @@ ENTRY = "python run.py"
 DEFAULT_CONFIG_NAME = "config"
 
 
-def sweep_command(multirun: dict | None) -> str | None:
-    """`python run.py -m ...` for a multirun.yaml (as a dict), or None without one."""
+BASELINE_CELL = "+cell=baseline"  # conf/cell/baseline.yaml: each cell becomes the baseline
+
+
+def sweep_command(multirun: dict | None, extra: list[str] = ()) -> str | None:
+    """`python run.py -m ...` for a multirun.yaml (as a dict), or None without one; `extra`
+    overrides are appended (replacing a `+cell=` choice the sweep made on its command line)."""
     if not multirun:
         return None
     hydra_cfg = multirun.get("hydra") or {}
     overrides = hydra_cfg.get("overrides") or {}
     hydra_ovs = [o for o in overrides.get("hydra") or [] if o != "hydra.mode=MULTIRUN"]
-    parts = [*_config_name(hydra_cfg), "-m", *hydra_ovs, *(overrides.get("task") or [])]
+    parts = [*_config_name(hydra_cfg), "-m", *hydra_ovs,
+             *_replaced(overrides.get("task") or [], extra)]
     return " ".join([ENTRY, *(shlex.quote(str(p)) for p in parts)])
 
 
-def job_command(overrides: list[str] | None) -> str | None:
+def job_command(overrides: list[str] | None, extra: list[str] = ()) -> str | None:
     """`python run.py <overrides>` for one job's override list, or None if unknown."""
     if overrides is None:
         return None
-    return " ".join([ENTRY, *(shlex.quote(str(o)) for o in overrides)])
+    return " ".join([ENTRY, *(shlex.quote(str(o)) for o in _replaced(overrides, extra))])
+
+
+def _replaced(overrides, extra) -> list[str]:
+    keys = {str(e).split("=", 1)[0] for e in extra}
+    return [o for o in overrides if str(o).split("=", 1)[0] not in keys] + list(extra)
 
 
 def _config_name(hydra_cfg: dict) -> list[str]:

@@ -3,9 +3,13 @@
 Every function takes the frame and an output folder, draws one figure per (model, task, gen
 length) group (or per job for KV similarity), writes PNG + PDF, and returns a FigureResult: the
 written paths, or `skipped` with the reason when the data cannot support the figure (it never
-draws an empty plot). Only rows with status "ok" are used.
+draws an empty plot). Only rows with status "ok" are used. Figures that compare configurations
+need at least two in a group, so a single-cell sweep gets only its tables (and Fig. 3). Timed
+metrics are read through analysis.spread: the median when a job recorded repeats, with its
+interquartile range drawn as error bars or bands.
 
-- pareto:             accuracy vs tokens/s, Pareto front, colour = cache, marker = decoding.
+- pareto:             accuracy vs tokens/s, Pareto front, colour = cache, marker = decoding,
+                      every point labelled.
 - threshold_sweep:    paper Fig. 5: accuracy and tokens per step vs threshold, against fixed k.
 - block_size_sweep:   paper Fig. 4: accuracy and tokens/s vs block length, one line per cache.
 - kv_similarity:      paper Fig. 3: step x step heatmaps (prompt, suffix) and per-layer
@@ -23,13 +27,12 @@ import math
 
 import numpy as np
 import pandas as pd
-from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import methods
+from . import methods, spread
 from .replays import gallery as replay_gallery
-from .style import (LABELS, FigureResult, cache_color, decoding_marker, new_figure, save, slug,
-                    styled)
+from .style import (LABELS, FigureResult, cache_color, decoding_marker, new_figure, place_labels,
+                    save, slug, styled)
 
 
 # Columns the figures index directly; absent ones read as NaN so a figure skips instead of failing.
@@ -54,33 +57,46 @@ def _figure(func):
 def pareto(df: pd.DataFrame, out_dir) -> FigureResult:
     """Accuracy (%) vs throughput (tokens/s) per group, with the Pareto front.
 
-    Needs: metrics.accuracy, metrics.tokens_per_s, cache.name, decoding.name; >= 2 jobs a group.
+    Needs: metrics.accuracy, tokens/s, cache.name, decoding.name; >= 2 configurations a group.
+    Every point is labelled (cache and the rule's parameter); colour = cache and marker =
+    decoding, exactly as in the legend; the tokens/s interquartile range, when recorded, is drawn
+    as horizontal error bars.
     """
     result = FigureResult("pareto")
-    for key, sub in methods.groups(_with(df, "metrics.accuracy", "metrics.tokens_per_s")):
-        if len(sub) < 2:
+    df = df.assign(_tps=spread.value(df, "tokens_per_s"))
+    for key, sub in methods.groups(_with(df, "metrics.accuracy", "_tps")):
+        if methods.n_configs(sub) < 2:
             continue
-        fig, (ax,) = new_figure(width=5.2, height=3.8)
-        x = sub["metrics.tokens_per_s"].astype(float)
-        y = sub["metrics.accuracy"].astype(float) * 100
-        for (_, r), xi, yi in zip(sub.iterrows(), x, y):
-            ax.scatter(xi, yi, color=cache_color(methods.get(r, "cache.name")),
-                       marker=decoding_marker(methods.get(r, "decoding.name")), s=40, zorder=3)
-        front = pareto_front(x.to_numpy(), y.to_numpy())
-        # "pre": between two front points the boundary sits at the lower (right) point's accuracy
-        ax.step(x.to_numpy()[front], y.to_numpy()[front], where="pre", color="black", lw=1,
-                alpha=0.6, zorder=2, label="Pareto front")
-        with_block = methods.varies(sub, "block_length")
-        for i in front:
-            ax.annotate(methods.label(sub.iloc[i], with_block), (x.iloc[i], y.iloc[i]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        sub = sub.iloc[sorted(range(len(sub)), key=lambda i: methods.sort_key(sub.iloc[i]))]
+        fig, (ax,) = new_figure(width=5.6, height=4.2)
+        x = sub["_tps"].to_numpy(dtype=float)
+        y = sub["metrics.accuracy"].to_numpy(dtype=float) * 100
+        xerr = spread.errorbars(sub, "tokens_per_s")
+        kinds = [(methods.get(r, "cache.name", "none"), methods.get(r, "decoding.name", "?"))
+                 for _, r in sub.iterrows()]
+        for cache, dec in sorted(set(kinds), key=lambda k: (methods.CACHE_ORDER.get(k[0], 9), k)):
+            idx = [i for i, k in enumerate(kinds) if k == (cache, dec)]
+            ax.errorbar(x[idx], y[idx], xerr=None if xerr is None else xerr[:, idx],
+                        fmt=decoding_marker(dec), color=cache_color(cache), ms=6, capsize=2,
+                        elinewidth=0.8, ls="none", zorder=3, label=f"{cache} cache, {dec}")
+        _percent_axis(ax)
+        front = pareto_front(x, y)
+        # the boundary of the region the front dominates, out to the axes (visible even for a
+        # one-point front); "pre": between two front points it sits at the right point's accuracy
+        xlim, ylim = ax.get_xlim(), ax.get_ylim()
+        ax.step([xlim[0], *x[front], x[front][-1]], [y[front][0], *y[front], ylim[0]],
+                where="pre", color="black", lw=1, alpha=0.5, zorder=2, label="Pareto front")
+        ax.set(xlim=xlim, ylim=ylim)  # the boundary ends on the axes
         ax.set(xlabel=LABELS["metrics.tokens_per_s"], ylabel=LABELS["metrics.accuracy"],
                title=f"Accuracy vs throughput\n{methods.group_title(key)}")
-        _legend_cache_decoding(ax, sub, extra=[Line2D([], [], color="black", lw=1,
-                                                      label="Pareto front")])
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+        _label_points(ax, x, y, methods.point_labels(sub))
         _add(result, save(fig, out_dir, slug("pareto", *key)),
-             f"Accuracy vs throughput, {methods.group_title(key)}")
-    return _or_skip(result, "fewer than 2 jobs with accuracy and tokens/s in every group")
+             f"Accuracy vs throughput, {methods.group_title(key)}"
+             + (" (bars: tokens/s interquartile range over the timing repeats)"
+                if xerr is not None else ""))
+    return _or_skip(result, "needs at least 2 finished configurations with accuracy and "
+                            "tokens/s in one model · task · gen length")
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> list[int]:
@@ -95,14 +111,17 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> list[int]:
 
 @_figure
 def threshold_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
-    """Paper Fig. 5: accuracy and tokens per step vs confidence threshold, against fixed k.
+    """Paper Fig. 5: accuracy and tokens decoded per step vs confidence threshold, against fixed k.
 
     Needs: decoding.name == "threshold" with >= 2 values of decoding.threshold for one cache and
-    block length; metrics.accuracy, metrics.tokens_per_forward. Fixed-decoding jobs of the same
-    caches/block lengths (k = gen_length / steps) are drawn as dotted reference lines and as
-    points in the accuracy-vs-tokens-per-step panel.
+    block length; metrics.accuracy, metrics.nfe_mean. Tokens decoded per step is gen_length / NFE
+    (every generated position, EOS padding included), which is exactly k for fixed decoding.
+    Fixed-decoding jobs of the same caches/block lengths (k = gen_length / steps) are drawn as
+    dotted reference lines, and a third panel, accuracy vs tokens per step, sets the threshold
+    curve against them; without fixed-k jobs that panel is left out.
     """
     result = FigureResult("threshold_sweep")
+    df = df.assign(_per_step=_decoded_per_step(df))
     for key, sub in methods.groups(df):
         thr = sub[(sub["decoding.name"] == "threshold") & sub["decoding.threshold"].notna()]
         curves = [(ck, _mean_by(c, "decoding.threshold"))
@@ -113,35 +132,60 @@ def threshold_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
         fixed = sub[(sub["decoding.name"] == "fixed")
                     & sub["cache.name"].isin({ck[0] for ck, _ in curves})
                     & sub["block_length"].isin({ck[1] for ck, _ in curves})]
-        fig, axes = new_figure(ncols=3, width=3.6)
+        fixed = fixed.assign(_k=[methods.fixed_k(r) for _, r in fixed.iterrows()])
+        fixed = fixed.sort_values(["cache.name", "_k"])
+        fig, axes = new_figure(ncols=3 if len(fixed) else 2, width=3.7, height=3.3)
         many_blocks = len({ck[1] for ck, _ in curves}) > 1
-        for (cache, block), c in curves:
-            name = f"threshold, {cache}" + (f", block {block:g}" if many_blocks else "")
-            style = dict(color=cache_color(cache), marker="^", label=name)
+        for i, ((cache, block), c) in enumerate(curves):
+            name = f"threshold, {cache} cache" + (f", block {block:g}" if many_blocks else "")
+            style = dict(color=cache_color(cache), marker="^", label=name, **_line_style(i))
             axes[0].plot(c["decoding.threshold"], c["metrics.accuracy"] * 100, **style)
-            axes[1].plot(c["decoding.threshold"], c["metrics.tokens_per_forward"], **style)
-            axes[2].plot(c["metrics.tokens_per_forward"], c["metrics.accuracy"] * 100, **style)
+            axes[1].plot(c["decoding.threshold"], c["_per_step"], **style)
+            if len(fixed):
+                axes[2].plot(c["_per_step"], c["metrics.accuracy"] * 100, **style)
         for _, r in fixed.iterrows():
-            k, cache = methods.fixed_k(r), methods.get(r, "cache.name")
-            name = f"fixed k={k:g}, {cache}" if k is not None else f"fixed, {cache}"
+            k, cache = r["_k"], methods.get(r, "cache.name")
             color = cache_color(cache)
-            for ax, y in ((axes[0], r["metrics.accuracy"] * 100),
-                          (axes[1], r["metrics.tokens_per_forward"])):
+            for ax, y in ((axes[0], r["metrics.accuracy"] * 100), (axes[1], r["_per_step"])):
+                # the label goes at the end of the line farther from the curves there
+                ends = [np.array([ln.get_ydata()[i] for ln in ax.get_lines()], float)
+                        for i in (0, -1)]
+                right = min(abs(ends[1] - y), default=0) > min(abs(ends[0] - y), default=0)
                 ax.axhline(y, color=color, ls=":", lw=1)
-                ax.annotate(name, xy=(1, y), xycoords=("axes fraction", "data"), ha="right",
-                            va="bottom", fontsize=6, color=color)
-            axes[2].scatter(r["metrics.tokens_per_forward"], r["metrics.accuracy"] * 100,
-                            facecolors="none", edgecolors=color, marker="o", label=name)
+                ax.annotate(f"fixed k={k:g}" if pd.notna(k) else "fixed",
+                            xy=(0.98 if right else 0.02, y), xycoords=("axes fraction", "data"),
+                            ha="right" if right else "left", va="bottom", fontsize=7, color=color)
+        for cache, f in fixed.groupby("cache.name", sort=False):
+            axes[2].scatter(f["_per_step"], f["metrics.accuracy"] * 100, facecolors="none",
+                            edgecolors=cache_color(cache), marker="o", s=36, zorder=3,
+                            label=f"fixed k, {cache} cache")
+        thresholds = sorted({float(t) for _, c in curves for t in c["decoding.threshold"]})
+        for ax in axes[:2]:
+            ax.set_xticks(thresholds, [f"{t:g}" for t in thresholds])
         axes[0].set(xlabel=LABELS["decoding.threshold"], ylabel=LABELS["metrics.accuracy"],
                     title="(a) accuracy vs threshold")
-        axes[1].set(xlabel=LABELS["decoding.threshold"],
-                    ylabel=LABELS["metrics.tokens_per_forward"], title="(b) tokens per step")
-        axes[2].set(xlabel=LABELS["metrics.tokens_per_forward"], ylabel=LABELS["metrics.accuracy"],
-                    title="(c) threshold vs fixed k")
-        axes[2].legend(loc="best")
+        _percent_axis(axes[0])
+        axes[1].set(xlabel=LABELS["decoding.threshold"], ylabel=LABELS["tokens_per_step"],
+                    title="(b) tokens per step vs threshold")
+        if len(fixed):
+            axes[2].set(xlabel=LABELS["tokens_per_step"], ylabel=LABELS["metrics.accuracy"],
+                        title="(c) threshold vs fixed k")
+            _percent_axis(axes[2])
+            axes[2].legend(loc="best")
+            shown = pd.concat([c for _, c in curves] + [fixed], ignore_index=True)
+            texts = [f"{r['decoding.threshold']:g}" if pd.notna(r["decoding.threshold"])
+                     else f"k={r['_k']:g}" if pd.notna(r["_k"]) else "fixed"
+                     for _, r in shown.iterrows()]
+            place_labels(axes[2], shown["_per_step"].to_numpy(float),
+                         shown["metrics.accuracy"].to_numpy(float) * 100, texts)
+        else:
+            axes[1].legend(loc="best")
         fig.suptitle(f"Threshold sweep — {methods.group_title(key)}")
         _add(result, save(fig, out_dir, slug("threshold_sweep", *key)),
-             f"Threshold sweep (paper Fig. 5), {methods.group_title(key)}")
+             f"Threshold sweep (paper Fig. 5), {methods.group_title(key)}; tokens per step = "
+             "gen length / NFE" + ("; (c): points labelled with their threshold or k"
+                                   if len(fixed) else
+                                   "; no fixed-k job of the same cache, so no comparison panel"))
     return _or_skip(result, "no threshold axis (needs >= 2 values of decoding.threshold "
                             "with decoding=threshold for one cache and block length)")
 
@@ -151,7 +195,7 @@ def block_size_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
     """Paper Fig. 4: accuracy and tokens/s vs block length, one line per cache (and decoding).
 
     Needs: >= 2 values of block_length for one (cache, decoding) configuration;
-    metrics.accuracy, metrics.tokens_per_s.
+    metrics.accuracy, tokens/s (with its interquartile range as a band when recorded).
     """
     result = FigureResult("block_size_sweep")
     for key, sub in methods.groups(_with(df, "block_length")):
@@ -163,11 +207,18 @@ def block_size_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
         if not lines:
             continue
         fig, axes = new_figure(ncols=2)
-        for name, ln, r0 in lines:
+        banded = False
+        for i, (name, ln, r0) in enumerate(lines):
             style = dict(color=cache_color(methods.get(r0, "cache.name")),
-                         marker=decoding_marker(methods.get(r0, "decoding.name")), label=name)
+                         marker=decoding_marker(methods.get(r0, "decoding.name")), label=name,
+                         **_line_style(i))
             axes[0].plot(ln["block_length"], ln["metrics.accuracy"] * 100, **style)
-            axes[1].plot(ln["block_length"], ln["metrics.tokens_per_s"], **style)
+            axes[1].plot(ln["block_length"], spread.value(ln, "tokens_per_s"), **style)
+            q25, q75 = spread.quartiles(ln, "tokens_per_s")
+            if (q25.notna() & q75.notna()).any():
+                axes[1].fill_between(ln["block_length"], q25, q75, color=style["color"],
+                                     alpha=0.2, lw=0)
+                banded = True
         ticks = sorted({float(b) for _, ln, _ in lines for b in ln["block_length"]})
         for ax, col in zip(axes, ("metrics.accuracy", "metrics.tokens_per_s")):
             ax.set_xscale("log", base=2)
@@ -175,11 +226,13 @@ def block_size_sweep(df: pd.DataFrame, out_dir) -> FigureResult:
             ax.minorticks_off()
             ax.set(xlabel=LABELS["block_length"], ylabel=LABELS[col])
         axes[0].set_title("(a) accuracy")
+        _percent_axis(axes[0])
         axes[1].set_title("(b) throughput")
         axes[1].legend(loc="best")
         fig.suptitle(f"Block-size sweep — {methods.group_title(key)}")
         _add(result, save(fig, out_dir, slug("block_size_sweep", *key)),
-             f"Block-size sweep (paper Fig. 4), {methods.group_title(key)}")
+             f"Block-size sweep (paper Fig. 4), {methods.group_title(key)}"
+             + ("; bands: tokens/s interquartile range over the timing repeats" if banded else ""))
     return _or_skip(result, "no block-size axis (needs >= 2 values of block_length for one "
                             "cache and decoding configuration)")
 
@@ -205,6 +258,7 @@ def kv_similarity(df: pd.DataFrame, out_dir) -> FigureResult:
         if n == 0:
             continue
         fig, axes = new_figure(ncols=n, width=3.6, height=3.3)
+        fig.get_layout_engine().set(w_pad=0.12)  # a colorbar's label beside the next panel's
         for ax, (region, m) in zip(axes, heatmaps.items()):
             im = ax.imshow(m, origin="lower", cmap="viridis", aspect="auto")
             fig.colorbar(im, ax=ax, label="Cosine similarity")
@@ -215,7 +269,7 @@ def kv_similarity(df: pd.DataFrame, out_dir) -> FigureResult:
             for region, (layers, values) in lines.items():
                 ax.plot(layers, values, marker=".", label=region)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set(xlabel="Layer", ylabel="Cosine similarity to refresh step",
+            ax.set(xlabel="Layer", ylabel="Cosine similarity",
                    title=f"{kind}s vs refresh step")
             ax.legend(loc="best")
         title = methods.group_title(tuple(methods.get(r, k, "?") for k in methods.GROUP_KEYS))
@@ -230,20 +284,25 @@ def kv_similarity(df: pd.DataFrame, out_dir) -> FigureResult:
 def latency_breakdown(df: pd.DataFrame, out_dir) -> FigureResult:
     """Paper Fig. 1c: per configuration, steps per sample (NFE), time per step, latency per sample.
 
-    Needs any of metrics.nfe_mean, metrics.ms_per_forward (else latency / NFE),
-    metrics.latency_s_median (else latency_s_mean). A sample's latency_s is its batch's wall time
+    Needs >= 2 configurations in a group and any of metrics.nfe_mean, ms/forward (else latency /
+    NFE), latency (latency_s_median, else latency_s_mean); timed values carry their interquartile
+    range as error bars when recorded. A sample's latency_s is its batch's wall time
     (docs/results_schema.md), so with batch_size > 1 the last panel is labelled per batch.
     """
     result = FigureResult("latency_breakdown")
     for key, sub in methods.groups(df):
-        panels = {
-            "metrics.nfe_mean": _col(sub, "metrics.nfe_mean"),
-            "metrics.ms_per_forward": _col(sub, "metrics.ms_per_forward").fillna(
-                _col(sub, "metrics.latency_s_mean") / _col(sub, "metrics.nfe_mean") * 1000),
-            "metrics.latency_s_median": _col(sub, "metrics.latency_s_median").fillna(
-                _col(sub, "metrics.latency_s_mean")),
+        if methods.n_configs(sub) < 2:
+            continue
+        ms = spread.value(sub, "ms_per_forward")
+        fallback_ms = _col(sub, "metrics.latency_s_mean") / _col(sub, "metrics.nfe_mean") * 1000
+        panels = {  # column -> (values, error bars or None)
+            "metrics.nfe_mean": (_col(sub, "metrics.nfe_mean"), None),
+            "metrics.ms_per_forward": (ms.fillna(fallback_ms),
+                                       spread.errorbars(sub, "ms_per_forward")),
+            "metrics.latency_s_median": (spread.value(sub, "latency_s"),
+                                         spread.errorbars(sub, "latency_s")),
         }
-        panels = {k: v for k, v in panels.items() if v.notna().any()}
+        panels = {k: v for k, v in panels.items() if v[0].notna().any()}
         if not panels:
             continue
         labels_x = dict(LABELS)
@@ -251,21 +310,26 @@ def latency_breakdown(df: pd.DataFrame, out_dir) -> FigureResult:
             labels_x["metrics.latency_s_median"] = (
                 f"Latency per batch (s, median; batch ≤ {_col(sub, 'batch_size').max():g})")
         order = sorted(range(len(sub)), key=lambda i: methods.sort_key(sub.iloc[i]))
-        with_block = methods.varies(sub, "block_length")
-        labels = [methods.label(sub.iloc[i], with_block) for i in order]
+        all_labels = methods.job_labels(sub)
+        labels = [all_labels[i] for i in order]
         colors = [cache_color(methods.get(sub.iloc[i], "cache.name", "none")) for i in order]
         fig, axes = new_figure(ncols=len(panels), width=3.4, height=0.9 + 0.28 * len(sub))
-        for j, (ax, (col, values)) in enumerate(zip(axes, panels.items())):
+        for j, (ax, (col, (values, err))) in enumerate(zip(axes, panels.items())):
             ypos = np.arange(len(order))
-            ax.barh(ypos, values.to_numpy()[order], color=colors)
+            ax.barh(ypos, values.to_numpy()[order], color=colors,
+                    xerr=None if err is None else err[:, order], capsize=2,
+                    error_kw={"elinewidth": 0.8})
             ax.set_yticks(ypos, labels if j == 0 else [""] * len(order))
             ax.invert_yaxis()
             ax.set_xlabel(labels_x[col])
             ax.grid(axis="y", visible=False)
         fig.suptitle(f"Latency breakdown — {methods.group_title(key)}")
+        bars = any(err is not None for _, err in panels.values())
         _add(result, save(fig, out_dir, slug("latency_breakdown", *key)),
-             f"Latency breakdown (paper Fig. 1c), {methods.group_title(key)}")
-    return _or_skip(result, "no NFE or latency metrics")
+             f"Latency breakdown (paper Fig. 1c), {methods.group_title(key)}"
+             + ("; bars: interquartile range over the timing repeats" if bars else ""))
+    return _or_skip(result, "needs at least 2 finished configurations with NFE or latency "
+                            "metrics in one model · task · gen length")
 
 
 @_figure
@@ -345,10 +409,52 @@ def _with(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
 
 
 def _mean_by(df: pd.DataFrame, col: str) -> pd.DataFrame:
-    """Metrics averaged over jobs that share `col` (seeds, repeated sweeps), sorted by `col`."""
-    metrics = [c for c in df.columns if c.startswith("metrics.")]
+    """Metrics (and derived `_` columns) averaged over jobs that share `col` (seeds, repeated
+    sweeps), sorted by `col`."""
+    metrics = [c for c in df.columns if c.startswith(("metrics.", "_"))]
     numeric = df[metrics].apply(pd.to_numeric, errors="coerce")
     return numeric.groupby(df[col]).mean().reset_index().sort_values(col)
+
+
+def _percent_axis(ax) -> None:
+    """An accuracy axis stops a little above 100% (autoscaling around points at 100% would
+    show ticks up to 105%); markers on the edge are drawn whole."""
+    low, high = ax.get_ylim()
+    if high > 100:
+        ax.set_ylim(low, 100 + 0.04 * (100 - low))
+        for artist in ax.lines + ax.collections:
+            artist.set_clip_on(False)
+
+
+def _line_style(i: int) -> dict:
+    """Style of the i-th line of a panel: solid with filled markers, then dashed with open
+    markers drawn on top, so that lines with equal values (e.g. 100% accuracy with either cache)
+    all stay visible."""
+    dashes = ("-", (0, (5, 3)), (0, (2, 2)), (0, (6, 2, 1, 2)))[i % 4]
+    return {"ls": dashes, "mfc": "none"} if i else {"ls": dashes}
+
+
+def _label_points(ax, x, y, texts) -> None:
+    """Every point gets its text beside it; where the points are too crowded for that, a number
+    beside it instead and a key, number -> text, to the right of the axes."""
+    n_texts = len(ax.texts)
+    if place_labels(ax, x, y, texts):
+        return
+    for extra in ax.texts[n_texts:]:
+        extra.remove()
+    keys = sorted(set(texts), key=texts.index)  # callers pass rows in table order
+    number = {text: i + 1 for i, text in enumerate(keys)}
+    width, height = ax.figure.get_size_inches()  # room for the key, ~0.06 in a character
+    ax.figure.set_size_inches(width + 0.4 + 0.06 * max(map(len, keys)), height)
+    ax.text(1.03, 1.0, "\n".join(f"{number[t]:>2}  {t}" for t in keys), transform=ax.transAxes,
+            va="top", ha="left", fontsize=7, family="monospace")
+    place_labels(ax, x, y, [str(number[t]) for t in texts], fontsize=7)
+
+
+def _decoded_per_step(df: pd.DataFrame) -> pd.Series:
+    """gen_length / NFE: positions decoded per forward, EOS padding included (k for fixed k),
+    unlike metrics.tokens_per_forward, which stops at the first EOS."""
+    return _col(df, "gen_length") / _col(df, "metrics.nfe_mean")
 
 
 def _col(df: pd.DataFrame, col: str) -> pd.Series:
@@ -375,15 +481,6 @@ def _layer_curves(layers: list, kind: str) -> dict:
             xs.append(layer.get("layer", i))
             ys.append(float(value) if isinstance(value, (int, float)) else math.nan)
     return {k: v for k, v in regions.items() if not all(math.isnan(y) for y in v[1])}
-
-
-def _legend_cache_decoding(ax, sub: pd.DataFrame, extra=()):
-    handles = [Line2D([], [], ls="", marker="o", color=cache_color(c), label=f"cache={c}")
-               for c in sorted(sub["cache.name"].dropna().unique())]
-    handles += [Line2D([], [], ls="", marker=decoding_marker(d), color="k", label=f"decoding={d}")
-                for d in sorted(sub["decoding.name"].dropna().unique())]
-    ax.legend(handles=handles + list(extra), loc="upper center", bbox_to_anchor=(0.5, -0.16),
-              ncol=3, frameon=False)
 
 
 def _add(result: FigureResult, paths: list, caption: str) -> None:

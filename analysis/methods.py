@@ -69,6 +69,48 @@ def label(row: pd.Series, with_block: bool = False) -> str:
     return f"{r} ({', '.join(details)})" if details else r
 
 
+def point_label(row: pd.Series, with_block: bool = False) -> str:
+    """Short text beside a plotted point: "dual, thr 0.9", "none, k=1", "prefix, factor 1"."""
+    name = get(row, "decoding.name", "?")
+    if name == "fixed":
+        k = fixed_k(row)
+        rule = f"k={k:g}" if k is not None else "fixed"
+    else:
+        param = get(row, f"decoding.{name}")
+        short = {"threshold": "thr"}.get(name, name)
+        rule = f"{short} {param:g}" if isinstance(param, numbers.Real) else str(name)
+    block = get(row, "block_length")
+    tail = f", block {block:g}" if with_block and block is not None else ""
+    return f"{get(row, 'cache.name', 'none')}, {rule}{tail}"
+
+
+def point_labels(df: pd.DataFrame) -> list[str]:
+    """point_label of every row (block length added when it varies), and the sweep's name where
+    rows of several sweeps would otherwise share a label."""
+    texts = [point_label(r, varies(df, "block_length")) for _, r in df.iterrows()]
+    return _disambiguated(df, texts)
+
+
+def job_labels(df: pd.DataFrame) -> list[str]:
+    """label of every row, as point_labels does it for the longer table-style label."""
+    texts = [label(r, varies(df, "block_length")) for _, r in df.iterrows()]
+    return _disambiguated(df, texts)
+
+
+def _disambiguated(df: pd.DataFrame, texts: list[str]) -> list[str]:
+    if len(set(texts)) == len(texts) or not varies(df, "sweep"):
+        return texts
+    shared = {t for t in texts if texts.count(t) > 1}
+    return [f"{t} [{get(r, 'sweep', '?')}]" if t in shared else t
+            for t, (_, r) in zip(texts, df.iterrows())]
+
+
+def n_configs(df: pd.DataFrame) -> int:
+    """How many distinct configurations the rows hold (by config_hash; by label where a row has
+    none), so that one job read twice, or a sweep of a single cell, counts once."""
+    return len({get(r, "config_hash") or label(r, with_block=True) for _, r in df.iterrows()})
+
+
 def sort_key(row: pd.Series) -> tuple:
     r = role(row)
     return (

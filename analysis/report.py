@@ -5,11 +5,13 @@ Writes into DIR (default: SWEEP_DIR/report for the first sweep):
   (Markdown + LaTeX); figures the data cannot support are listed with the reason, not drawn;
 - report.html: one page with no external assets (inline CSS; images are files beside it, by
   relative path, so the folder can be moved or zipped as a whole), and report.md with the same
-  content: job counts, the speed-up table, the figures, every finished job, the failed / missing /
-  not-started jobs with their errors, the exact commands (the sweep's `python run.py -m ...` from
+  content: job counts, the speed-up table (with the command that adds a missing baseline), the
+  figures, every finished job, the failed / missing / not-started jobs with their errors, the
+  cells skipped as duplicates, the exact commands (the sweep's `python run.py -m ...` from
   multirun.yaml, each job's `python run.py ...` from .hydra/overrides.yaml) and the environment
   stamps;
-- a W&B mirror of the figures when the sweep logged to W&B (see analysis.wandb_log).
+- a W&B mirror of the figures when the sweep logged to W&B: one run per sweep in DIR/wandb/
+  (see analysis.wandb_log), uploaded by `wandb sync DIR/wandb/offline-run-*`.
 A path that is not a sweep folder is a one-line error on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -22,22 +24,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, methods, tables, wandb_log
-from .commands import job_command, sweep_command
+from . import figures, methods, spread, tables, wandb_log
+from .notes import sweep_notes
+from .commands import BASELINE_CELL, job_command, sweep_command
 from .load import NotASweepError, config_columns, load_sweeps, read_multirun
 from .style import FigureResult
 
-JOB_METRICS = {  # column -> (header, scale, digits)
-    "metrics.accuracy": ("Accuracy (%)", 100, 1),
-    "metrics.tokens_per_s": ("Tokens/s", 1, 1),
-    "metrics.nfe_mean": ("NFE (forwards/sample)", 1, 1),
-    "metrics.tokens_per_forward": ("Tokens/forward", 1, 2),
-    "metrics.ms_per_forward": ("ms/forward", 1, 2),
-    "metrics.latency_s_median": ("Latency median (s, batch wall time)", 1, 3),
+JOB_METRICS = {  # metric -> (header, scale, digits); timed ones are read through analysis.spread
+    "accuracy": ("Accuracy (%)", 100, 1),
+    "tokens_per_s": ("Tokens/s", 1, 1),
+    "nfe_mean": ("NFE (forwards/sample)", 1, 1),
+    "tokens_per_forward": ("Answer tokens/forward (to EOS)", 1, 2),
+    "ms_per_forward": ("ms/forward", 1, 2),
+    "latency_s": ("Latency median (s, batch wall time)", 1, 3),
 }
+JOBS_NOTE = ("Answer tokens/forward counts generated tokens up to the first EOS ÷ NFE, so it is "
+             "below 1 for one-token-per-step decoding whenever answers end before gen_length; the "
+             "threshold figure's tokens decoded per step counts every generated position "
+             "(gen length ÷ NFE, EOS padding included), which is k for fixed decoding. Timed "
+             "values with [q25–q75] are medians over the timing repeats with their "
+             "interquartile range.")
 _AXES_FIRST = ("model.name", "task.name", "gen_length", "cache.name", "decoding.name",
                "decoding.threshold", "decoding.factor", "block_length", "steps")
-_NOT_AXES = ("overrides", "config_hash")
+_NOT_AXES = ("overrides", "config_hash", "threshold", "factor")  # aliases: decoding.* is used
 
 
 @dataclass
@@ -63,11 +72,12 @@ def build_report(sweep_dirs, out_dir=None) -> Report:
     results = [tables.write_speedup_table(df, fig_dir)] + [_safely(f, df, fig_dir)
                                                             for f in figures.ALL]
     speedup = tables.speedup_table(df)
-    notes = [f"{r.name}: skipped — {r.skipped}" for r in results if r.skipped]
+    notes = sweep_notes(df)
+    notes += [f"{r.name}: skipped — {r.skipped}" for r in results if r.skipped]
     images = [img for r in results for img in r.images]
-    notes += wandb_log.log_report(df, images, {"speedup_table": speedup})
-    page = _Page(df, sweep_dirs, out, results, speedup, notes)
     out.mkdir(parents=True, exist_ok=True)
+    notes += wandb_log.log_report(df, images, {"speedup_table": speedup}, out)
+    page = _Page(df, sweep_dirs, out, results, speedup, notes)
     (out / "report.html").write_text(page.html())
     (out / "report.md").write_text(page.markdown())
     return Report(out / "report.html", out / "report.md", results, page.problems, notes)
@@ -87,6 +97,9 @@ def main(argv=None) -> int:
     drawn = sum(1 for r in report.figures if not r.skipped)
     print(f"report: {report.html} ({drawn} figures/tables written, "
           f"{len(report.figures) - drawn} skipped, {len(report.problems)} failed/missing jobs)")
+    for note in report.notes:
+        if note.startswith("W&B"):
+            print(note)
     return 0
 
 
@@ -107,13 +120,15 @@ class _Page:
         self.speedup = (list(speedup.columns), tables.formatted(speedup))
         self.jobs = _jobs_table(df)
         self.problems = _problems(df)
+        self.duplicates = _duplicates(df)
+        self.missing_baselines = tables.missing_baselines(speedup) if len(speedup) else []
         self.envs = _envs(df)
 
     def sections(self):
         """[(title, [blocks])]; a block is ("p", text), ("table", (cols, rows)),
         ("img", (path, caption)), ("code", text) or ("list", [text])."""
         counts = self.df["status"].value_counts().to_dict() if len(self.df) else {}
-        summary = [("p", f"{len(self.df)} jobs: " + (", ".join(
+        summary = [("p", f"{len(self.df)} job{'s' * (len(self.df) != 1)}: " + (", ".join(
             f"{n} {s}" for s, n in sorted(counts.items())) or "none found"))]
         summary += [("p", f"Sweep folder: {p.resolve()}") for p, _ in self.sweeps]
         if self.notes:
@@ -121,9 +136,17 @@ class _Page:
         figs = [("img", img) for r in self.results if r.name != "speedup_table" for img in r.images]
         table_files = [p for r in self.results if r.name == "speedup_table" for p in r.paths]
         speed = [("table", self.speedup)] if self.speedup[1] else [("p", "No finished job.")]
+        if self.speedup[1]:
+            speed.append(("p", tables.SPEEDUP_NOTE))
+        if self.missing_baselines:
+            speed.append(("p", "No baseline, so no speed-up, for: "
+                          + "; ".join(self.missing_baselines) + ". Add the baseline cells with:"))
+            speed += [("code", c) for c in self._baseline_commands()]
         if table_files:
             speed.append(("p", "Files: " + ", ".join(self._rel(p) for p in table_files)))
-        commands = [("code", c) for c in (sweep_command(m) for _, m in self.sweeps) if c]
+        sweeps = [("code", c) for c in (sweep_command(m) for _, m in self.sweeps) if c]
+        commands = ([("p", "The last `-m` command run into the sweep folder (Hydra's "
+                           "multirun.yaml), then each job's own:")] + sweeps) if sweeps else []
         per_job = [(str(r.get("job_dir")), job_command(r.get("overrides")))
                    for _, r in self.df.iterrows() if r.get("job_dir") is not None]
         commands += [("table", (["Job", "Command"], [[j, c] for j, c in per_job if c]))]
@@ -131,9 +154,12 @@ class _Page:
             ("Summary", summary),
             ("Table 1/2: accuracy, throughput and speed-up over the baseline", speed),
             ("Figures", figs or [("p", "No figure could be drawn from this data.")]),
-            ("Finished jobs", [("table", self.jobs)] if self.jobs[1] else [("p", "None.")]),
+            ("Finished jobs", [("table", self.jobs), ("p", JOBS_NOTE)] if self.jobs[1]
+             else [("p", "None.")]),
             ("Failed, missing and not-started jobs",
              [("table", _text_table(self.problems))] if len(self.problems) else [("p", "None.")]),
+            *([("Skipped duplicates", [("table", _text_table(self.duplicates))])]
+              if len(self.duplicates) else []),
             ("Commands", commands),
             ("Environment", [("table", _text_table(self.envs))] if len(self.envs)
              else [("p", "No environment stamp (no results.json read).")]),
@@ -188,6 +214,19 @@ class _Page:
         body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
+    def _baseline_commands(self) -> list[str]:
+        """Per sweep: its own command plus +cell=baseline (see analysis.commands)."""
+        out = []
+        for path, multirun in self.sweeps:
+            cmd = sweep_command(multirun, [BASELINE_CELL])
+            if cmd is None:  # a single run: its job's overrides
+                jobs = self.df[(self.df["sweep_dir"] == str(path.resolve()))
+                               & self.df["overrides"].notna()]
+                cmd = job_command(jobs["overrides"].iloc[0], [BASELINE_CELL]) if len(jobs) else None
+            if cmd:
+                out.append(cmd)
+        return out
+
     def _rel(self, path) -> str:
         return Path(path).resolve().relative_to(self.out.resolve()).as_posix()
 
@@ -202,18 +241,30 @@ def _jobs_table(df: pd.DataFrame):
     ok = df[df["status"] == "ok"]
     axes = [c for c in config_columns(ok) if c not in _NOT_AXES and methods.varies(ok, c)]
     axes = [c for c in _AXES_FIRST if c in axes] + sorted(c for c in axes if c not in _AXES_FIRST)
-    metrics = [c for c in JOB_METRICS if c in ok.columns]
+    values = {m: spread.value(ok, m) if m in spread.TIMED else _num(ok, f"metrics.{m}")
+              for m in JOB_METRICS}
+    metrics = [m for m, v in values.items() if v.notna().any()]
     cols = ["Sweep", "Job", *axes, *(JOB_METRICS[m][0] for m in metrics)]
+    quart = {m: spread.quartiles(ok, m) for m in metrics}  # NaN unless timed with repeats
     rows = []
-    for _, r in ok.iterrows():
+    for i, (_, r) in enumerate(ok.iterrows()):
         cells = [str(r["sweep"]), str(r["job_dir"])]
         cells += [_cell(methods.get(r, c, "—")) for c in axes]
         for m in metrics:
             _, scale, digits = JOB_METRICS[m]
-            value = methods.get(r, m)
-            cells.append(tables.fmt(float(value) * scale if value is not None else None, digits))
+            text = tables.fmt(values[m].iloc[i] * scale, digits)
+            q25, q75 = (q.iloc[i] for q in quart[m])
+            if pd.notna(q25) and pd.notna(q75):
+                text += f" [{q25 * scale:.{digits}f}–{q75 * scale:.{digits}f}]"
+            cells.append(text)
         rows.append(cells)
     return cols, rows
+
+
+def _num(df: pd.DataFrame, col: str) -> pd.Series:
+    if col not in df.columns:
+        return pd.Series(float("nan"), index=df.index)
+    return pd.to_numeric(df[col], errors="coerce").astype(float)
 
 
 def _cell(value) -> str:
@@ -221,12 +272,18 @@ def _cell(value) -> str:
 
 
 def _problems(df: pd.DataFrame) -> pd.DataFrame:
-    bad = df[df["status"] != "ok"]
+    bad = df[~df["status"].isin(["ok", "duplicate"])]
     return pd.DataFrame({
         "Sweep": bad["sweep"].astype(str), "Job": bad["job_dir"].fillna("—").astype(str),
         "Status": bad["status"].astype(str), "Error": bad["error"].fillna("").astype(str),
         "Command": [job_command(o) or "" for o in bad["overrides"]],
     })
+
+
+def _duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    dup = df[df["status"] == "duplicate"]
+    return pd.DataFrame({"Sweep": dup["sweep"].astype(str), "Job": dup["job_dir"].astype(str),
+                         "Same config as job": dup["duplicate_of"].astype(str)})
 
 
 def _envs(df: pd.DataFrame) -> pd.DataFrame:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib as mpl
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 CACHE_COLORS = {"none": "#7f7f7f", "prefix": "#1f77b4", "dual": "#d62728"}
 _EXTRA_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -23,7 +25,8 @@ _EXTRA_MARKERS = ("D", "v", "P", "X", "*")
 LABELS = {  # column -> axis label (units in brackets)
     "metrics.accuracy": "Accuracy (%)",
     "metrics.tokens_per_s": "Throughput (tokens/s)",
-    "metrics.tokens_per_forward": "Tokens per step (tokens/forward)",
+    "metrics.tokens_per_forward": "Answer tokens per step (to EOS, tokens/forward)",
+    "tokens_per_step": "Tokens decoded per step (gen length / NFE)",
     "metrics.nfe_mean": "Steps per sample (NFE, forwards)",
     "metrics.ms_per_forward": "Time per step (ms/forward)",
     "metrics.latency_s_median": "Latency per sample (s, median)",
@@ -84,6 +87,66 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float
         FigureCanvasAgg(fig)
         axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, [ax for row in axes for ax in row]
+
+
+# Where a point's label may go, tried in order: (dx, dy) in points and the text's alignment.
+_LABEL_SPOTS = [(dx * r, dy * r, ha, va) for r in (1, 2, 3)
+                for dx, dy, ha, va in ((5, 3, "left", "bottom"), (5, -3, "left", "top"),
+                                       (-5, 3, "right", "bottom"), (-5, -3, "right", "top"),
+                                       (0, 6, "center", "bottom"), (0, -6, "center", "top"),
+                                       (6, 0, "left", "center"), (-6, 0, "right", "center"))]
+
+
+def place_labels(ax, xs, ys, texts, fontsize: float = 6.5) -> bool:
+    """Label every point (xs[i], ys[i]) with texts[i], each at the first nearby spot where it
+    overlaps no earlier label and no marker, stays inside the axes and is nearer its own point
+    than any other (else the least-bad spot). Returns True when every label found a clean spot."""
+    fig = ax.figure
+    fig.canvas.draw()  # settles the layout, so display coordinates are final
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer).padded(1)  # a label may touch the spines
+    points = ax.transData.transform(np.column_stack([xs, ys]))
+    pad = 4 * fig.dpi / 72  # a marker's half-width, in pixels
+    taken = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad) for px, py in points]
+    clean = True
+    order = sorted(range(len(texts)), key=lambda i: (-points[i][1], points[i][0]))
+    for i in order:
+        (x, y), text = (xs[i], ys[i]), texts[i]
+        best, best_cost = None, None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                              ha=ha, va=va, fontsize=fontsize)
+            box = ann.get_window_extent(renderer).padded(-1)  # glyph boxes have slack
+            own = _distance(box, points[i]) + pad  # another point this near reads as its owner
+            closer = sum(own - d for j, d in enumerate(_distance(box, p) for p in points)
+                         if j != i and d < own)
+            cost = (sum(_overlap(box, b) for b in taken) + 4 * (box.width * box.height
+                                                                - _overlap(box, frame))
+                    + 50 * closer)
+            if best is None or cost < best_cost:
+                if best is not None:
+                    best[0].remove()
+                best, best_cost = (ann, box), cost
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        best[0].set_in_layout(False)
+        taken.append(best[1])
+        clean = clean and best_cost == 0
+    return clean
+
+
+def _distance(box: Bbox, point) -> float:
+    dx = max(box.x0 - point[0], 0, point[0] - box.x1)
+    dy = max(box.y0 - point[1], 0, point[1] - box.y1)
+    return float(np.hypot(dx, dy))
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:

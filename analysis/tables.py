@@ -4,7 +4,9 @@ One block of rows per (model, task, gen length). Rows are every configuration th
 that block, ordered baseline, +cache, +parallel, +cache +parallel, then fixed k > 1 (see
 analysis.methods). Jobs that share a label (e.g. seeds) are averaged. Speed-up is the row's
 tokens/s over the baseline's tokens/s in the same block (the baseline with the same block length
-when there are several); "—" where the block has no baseline.
+when there are several); "—" where the block has no baseline (SPEEDUP_NOTE says how to add it).
+Tokens/s is the median over the timing repeats when a job recorded them (analysis.spread), and a
+"Tokens/s IQR" column then gives their interquartile range.
 """
 from __future__ import annotations
 
@@ -12,13 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import methods
+from . import methods, spread
 from .style import FigureResult
 
-COLUMNS = ("Model", "Task", "Gen length", "Method", "Accuracy (%)", "Tokens/s", "Speed-up (×)",
+SPEEDUP = "Speed-up (× baseline)"
+COLUMNS = ("Model", "Task", "Gen length", "Method", "Accuracy (%)", "Tokens/s", SPEEDUP,
            "NFE (forwards/sample)", "Jobs")
-DIGITS = {"Accuracy (%)": 1, "Tokens/s": 1, "Speed-up (×)": 2, "NFE (forwards/sample)": 1}
-NUMERIC = (*DIGITS, "Gen length", "Jobs")  # right-aligned
+IQR = "Tokens/s IQR"
+DIGITS = {"Accuracy (%)": 1, "Tokens/s": 1, SPEEDUP: 2, "NFE (forwards/sample)": 1}
+NUMERIC = (*DIGITS, "Gen length", "Jobs", IQR)  # right-aligned
+BASELINE = "cache=none, decoding=fixed, steps=gen_length: no cache, one token per step"
+SPEEDUP_NOTE = (f"{SPEEDUP} = tokens/s ÷ tokens/s of the baseline ({BASELINE}) of the same "
+                "model, task and gen length (and block length, when several); — where the sweep "
+                "has no baseline: add it by running the sweep's command again with +cell=baseline.")
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -27,27 +35,38 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, sub in methods.groups(ok):
         with_block = methods.varies(sub, "block_length")
-        rows = []
-        for _, r in sub.iterrows():
-            rows.append({
-                "label": methods.label(r, with_block=with_block), "role": methods.role(r),
-                "block": methods.get(r, "block_length"), "sort": methods.sort_key(r),
-                "acc": _num(r, "metrics.accuracy") * 100, "tps": _num(r, "metrics.tokens_per_s"),
-                "nfe": _num(r, "metrics.nfe_mean"),
-            })
-        cfgs = (pd.DataFrame(rows).groupby("label", sort=False)
+        q25, q75 = spread.quartiles(sub, "tokens_per_s")
+        rows = pd.DataFrame({
+            "label": [methods.label(r, with_block=with_block) for _, r in sub.iterrows()],
+            "role": [methods.role(r) for _, r in sub.iterrows()],
+            "block": [methods.get(r, "block_length") for _, r in sub.iterrows()],
+            "sort": [methods.sort_key(r) for _, r in sub.iterrows()],
+            "acc": _col(sub, "metrics.accuracy") * 100, "tps": spread.value(sub, "tokens_per_s"),
+            "q25": q25, "q75": q75, "nfe": _col(sub, "metrics.nfe_mean"),
+        })
+        cfgs = (rows.groupby("label", sort=False)
                 .agg(role=("role", "first"), block=("block", "first"), sort=("sort", "first"),
                      acc=("acc", "mean"), tps=("tps", "mean"), nfe=("nfe", "mean"),
-                     jobs=("acc", "size"))
+                     q25=("q25", "mean"), q75=("q75", "mean"), jobs=("acc", "size"))
                 .reset_index().sort_values("sort"))
         baselines = cfgs[cfgs["role"] == "baseline"]
         for _, c in cfgs.iterrows():
             base = baselines[baselines["block"] == c["block"]]
             base = base if len(base) else baselines
             speedup = c["tps"] / base["tps"].iloc[0] if len(base) else float("nan")
-            out.append(dict(zip(COLUMNS, (*key, c["label"], c["acc"], c["tps"], speedup,
-                                         c["nfe"], int(c["jobs"])))))
-    return pd.DataFrame(out, columns=list(COLUMNS))
+            out.append({**dict(zip(COLUMNS, (*key, c["label"], c["acc"], c["tps"], speedup,
+                                             c["nfe"], int(c["jobs"])))),
+                        IQR: _iqr(c["q25"], c["q75"])})
+    table = pd.DataFrame(out, columns=[*COLUMNS, IQR])
+    if table[IQR].isna().all():
+        return table.drop(columns=IQR)
+    return table[[*COLUMNS[:6], IQR, *COLUMNS[6:]]]
+
+
+def missing_baselines(table: pd.DataFrame) -> list[str]:
+    """"model · task · gen length N" of every block of a speedup_table without a baseline."""
+    blocks = table.groupby(["Model", "Task", "Gen length"], sort=False)[SPEEDUP]
+    return [methods.group_title(k) for k, s in blocks if s.isna().all()]
 
 
 def fmt(value, digits: int) -> str:
@@ -96,19 +115,24 @@ def write_speedup_table(df: pd.DataFrame, out_dir) -> FigureResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, tex = out_dir / "speedup_table.md", out_dir / "speedup_table.tex"
-    md.write_text(to_markdown(table))
+    md.write_text(to_markdown(table) + "\n" + SPEEDUP_NOTE + "\n")
     tex.write_text(to_latex(table))
     return FigureResult("speedup_table", paths=[md, tex])
 
 
-def _num(row: pd.Series, key: str) -> float:
-    value = methods.get(row, key)
-    return float(value) if value is not None else float("nan")
+def _col(df: pd.DataFrame, col: str) -> pd.Series:
+    if col not in df.columns:
+        return pd.Series(float("nan"), index=df.index)
+    return pd.to_numeric(df[col], errors="coerce").astype(float)
+
+
+def _iqr(q25: float, q75: float):
+    return None if pd.isna(q25) or pd.isna(q75) else f"{q25:.1f}–{q75:.1f}"
 
 
 def _tex(text: str) -> str:
     for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"),
-                 ("#", "\\#"), ("$", "\\$"), ("×", "$\\times$"), ("—", "--"),
+                 ("#", "\\#"), ("$", "\\$"), ("×", "$\\times$"), ("—", "--"), ("–", "--"),
                  ("·", "$\\cdot$")):
         text = text.replace(a, b)
     return text

@@ -2,9 +2,12 @@
 
 A sweep used W&B when any of its jobs has config `logger.name == "wandb"` or a logger whose
 `_target_` class names W&B (conf/logger/wandb.yaml is `_target_: ...WandbLogger`, with no name).
-For each such sweep one run (job_type "analysis", group = sweep name) is written into the sweep
-folder, offline unless WANDB_MODE says otherwise. wandb is imported lazily, and nothing here
-ever raises: a failure becomes a warning and a note for the report.
+For each such sweep one run (job_type "analysis", group = the sweep name, name
+"<sweep>-report") is written into the report folder, `<report>/wandb/offline-run-*`, offline
+unless WANDB_MODE says otherwise. With the default report folder (`sweeps/<name>/report`) the
+README's `wandb sync sweeps/<name>/*/wandb/offline-run-*` uploads it with the jobs' runs; the
+report's note gives the exact command either way. wandb is imported lazily, and nothing here ever
+raises: a failure becomes a warning and a note for the report.
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ def sweeps_using_wandb(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     return out
 
 
-def log_report(df: pd.DataFrame, images: list[tuple[Path, str]], tables: dict) -> list[str]:
-    """Log PNGs (with captions) and tables ({name: DataFrame}); returns notes for the report."""
+def log_report(df: pd.DataFrame, images: list[tuple[Path, str]], tables: dict,
+               out_dir) -> list[str]:
+    """Log PNGs (with captions) and tables ({name: DataFrame}) to one run per W&B sweep, its files
+    in `out_dir`/wandb; returns notes for the report."""
     targets = sweeps_using_wandb(df)
     if not targets:
         return []
@@ -41,8 +46,9 @@ def log_report(df: pd.DataFrame, images: list[tuple[Path, str]], tables: dict) -
     for sweep_dir, sweep, project in targets:
         try:
             run = wandb.init(project=project, group=sweep, job_type="analysis",
-                             name=f"{sweep}-report", dir=sweep_dir, mode=mode,
+                             name=f"{sweep}-report", dir=str(out_dir), mode=mode,
                              config={"sweep_dir": sweep_dir})
+            where = Path(run.dir).parent  # <out_dir>/wandb/<mode>-run-<time>-<id>
             try:
                 run.log({f"figures/{Path(png).stem}": wandb.Image(str(png), caption=caption)
                          for png, caption in images})
@@ -50,7 +56,9 @@ def log_report(df: pd.DataFrame, images: list[tuple[Path, str]], tables: dict) -
                          for name, t in tables.items() if not t.empty})
             finally:
                 run.finish()
-            notes.append(f"W&B: logged {len(images)} figures to a {mode} run in {sweep_dir}")
+            notes.append(f"W&B: logged {len(images)} figures of {sweep} to a {mode} run in "
+                         f"{where}" + (f" (upload: wandb sync {where})" if mode == "offline"
+                                       else ""))
         except Exception as exc:  # W&B must never fail the report
             notes.append(_warn(f"W&B logging failed for {sweep_dir}: {type(exc).__name__}: {exc}"))
     return notes

@@ -1,15 +1,19 @@
-"""Synthetic sweep folders that follow docs/results_schema.md, for the analysis tests.
+"""Synthetic sweep folders that mirror what run.py writes (docs/results_schema.md), for the
+analysis tests.
 
-make_sweep() writes what a Hydra multirun of run.py leaves behind: multirun.yaml, sweep.csv and,
-per job, results.json / samples.jsonl / .hydra/{config,overrides}.yaml, with plausible numbers
-derived from the config (threshold lowers accuracy and raises tokens per step, caches cut time
-per forward, ...) plus seeded jitter. The tests in this file check that the fakes really carry
-every key the schema document names, so a schema change shows up here first.
+One helper, job_config(), makes every fake job's config the way run.py does: Hydra composes the
+real conf/ with the job's overrides (conftest.compose), `.hydra/config.yaml` gets the composed
+text and results.json the resolved config, with its config_hash from the engine's own
+dllm_bench.results.config_hash. The files are written by the engine's writers (write_job,
+rebuild_sweep_table) and job folders are named by the engine's job_dirname. Only the numbers are
+invented: plausible metrics with the keys dllm_bench.job writes, derived from the config (the
+threshold lowers accuracy and raises tokens per step, caches cut time per forward, ...) plus
+seeded jitter. A job whose config an earlier ok job already holds gets only its .hydra folder, as
+the sweep's skip leaves it. tests/test_experiment_report.py checks these fakes against a real
+sweep, and the tests in this file check them against the schema document.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import itertools
 import json
 import random
@@ -18,59 +22,42 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from omegaconf import OmegaConf
+
+from conftest import compose
+from dllm_bench.config import RUN_ONLY_KEYS, job_dirname
+from dllm_bench.results import config_hash, rebuild_sweep_table, write_job
 
 SCHEMA_DOC = Path(__file__).resolve().parents[1] / "docs" / "results_schema.md"
-
-# Mirrors conf/config.yaml as resolved by Hydra: top-level threshold/factor feed decoding.*,
-# the logger group is a `_target_` (W&B is recognised by it), `metrics` is a config group too.
-BASE_CONFIG = {
-    "model": {"name": "llada_tiny_arith", "path": "assets/models/llada_tiny_arith",
-              "family": "llada", "instruct": False},
-    "cache": {"name": "none"},
-    "decoding": {"name": "fixed", "threshold": None, "factor": None, "temperature": 0.0},
-    "task": {"_target_": "dllm_bench.tasks.arithmetic.ArithTask", "name": "arith"},
-    "logger": {"_target_": "dllm_bench.logging_wandb.NullLogger"},
-    "measure": {"kv_similarity": False, "kv_similarity_samples": 2},
-    "gen_length": 64, "block_length": 16, "steps": 64, "threshold": 0.9, "factor": 1.0,
-    "batch_size": 8, "n_samples": 50, "seed": 0, "device": "cpu", "dtype": "float32",
-    "sweep_name": "default",
-}
-GROUP_PRESETS = {
-    "decoding": {"fixed": {"name": "fixed", "threshold": None, "factor": None},
-                 "threshold": {"name": "threshold", "threshold": "${threshold}", "factor": None},
-                 "factor": {"name": "factor", "threshold": None, "factor": "${factor}"}},
-    "logger": {"none": {"_target_": "dllm_bench.logging_wandb.NullLogger"},
-               "wandb": {"_target_": "dllm_bench.logging_wandb.WandbLogger",
-                         "project": "dllm-test", "mode": None}},
-}
-DIRNAME_EXCLUDED = ("logger", "sweep_name")  # like hydra.job.config.override_dirname.exclude_keys
+TIMED = ("tokens_per_s", "ms_per_forward", "latency_s")  # the metrics with a timing spread
+ENV = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "cuda": None, "transformers": "5.25.0",
+       "dllm_bench": "0.1.0", "git_commit": "abc123", "hostname": "testhost", "python": "3.11.7"}
 
 
-def config_from_overrides(overrides: list[str], sweep: str = "default") -> dict:
-    """Apply Hydra-style overrides to BASE_CONFIG (group choices first, then dotted keys), then
-    resolve the `${threshold}` / `${factor}` interpolations as Hydra would."""
-    cfg = copy.deepcopy(BASE_CONFIG)
-    cfg["sweep_name"] = sweep
-    cfg["decoding"].update(GROUP_PRESETS["decoding"]["fixed"])
-    for ov in sorted(overrides, key=lambda o: "." in o.split("=")[0]):
-        key, value = ov.lstrip("+").split("=", 1)
-        if "." not in key and isinstance(cfg.get(key), dict):
-            preset = GROUP_PRESETS.get(key, {}).get(value, {"name": value})
-            cfg[key] = {**cfg[key], **copy.deepcopy(preset)}
-            continue
-        *parents, leaf = key.split(".")
-        node = cfg
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    for k in ("threshold", "factor"):
-        if cfg["decoding"][k] == "${" + k + "}":
-            cfg["decoding"][k] = cfg[k]
-    return cfg
+def job_config(overrides: list[str], sweep: str = "default") -> tuple[str, dict]:
+    """(`.hydra/config.yaml` text, resolved config) of the job `python run.py <overrides>` runs,
+    composed from the real conf/ (tiny LLaDA, arith, W&B logger by default)."""
+    named = any(o.startswith("sweep_name=") for o in overrides)
+    cfg = compose([*overrides, *([] if named else [f"sweep_name={sweep}"])], tiny=False)
+    return OmegaConf.to_yaml(cfg), OmegaConf.to_container(cfg, resolve=True)
 
 
-def fake_metrics(cfg: dict, rng: random.Random) -> dict:
-    """Plausible numbers for one job of the tiny arithmetic model."""
+def job_dir_name(overrides: list[str]) -> str:
+    """The folder run.py gives a job: Hydra's override_dirname (sorted, without the keys
+    conf/config.yaml excludes), made safe by dllm_bench.config.job_dirname."""
+    excluded = set(_dirname_excluded())
+    kept = sorted(o for o in overrides if o.split("=")[0].lstrip("+~") not in excluded)
+    return job_dirname(",".join(kept))
+
+
+def _dirname_excluded() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "conf" / "config.yaml").read_text()
+    return yaml.safe_load(text)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+
+
+def fake_metrics(cfg: dict, rng: random.Random, spread: float | None = None) -> dict:
+    """Plausible numbers for one job of the tiny arithmetic model, with the keys dllm_bench.job
+    writes; `spread` (a fraction) adds `<m>_median` / `_q25` / `_q75` for the timed metrics."""
     gen, steps, block = cfg["gen_length"], cfg["steps"], cfg["block_length"]
     dec, cache = cfg["decoding"], cfg["cache"]["name"]
     if dec["name"] == "threshold":
@@ -83,18 +70,25 @@ def fake_metrics(cfg: dict, rng: random.Random) -> dict:
     n = cfg["n_samples"]
     acc = round(max(0.0, min(1.0, acc + rng.uniform(-0.03, 0.03))) * n) / n
     ms = {"none": 9.0, "prefix": 5.5, "dual": 3.8}.get(cache, 9.0) * rng.uniform(0.95, 1.05)
-    nfe = gen / tpf + (gen / block if cache != "none" else 0)
+    nfe = gen / tpf
     latency = nfe * ms / 1000
-    tokens = gen * 0.9
-    return {
+    tokens = gen * 0.9  # answers end before gen_length: EOS padding is not counted
+    out = {
         "accuracy": acc, "tokens_per_s": tokens / latency, "nfe_mean": nfe,
         "latency_s_mean": latency * 1.02, "latency_s_median": latency,
         "latency_s_p90": latency * 1.2, "tokens_per_forward": tokens / nfe,
-        "ms_per_forward": ms, "cache_refreshes_mean": gen / block if cache != "none" else 0.0,
-        "peak_memory_bytes": rng.randint(10**8, 2 * 10**8), "kv_cache_bytes": 4096 * gen,
-        "n_samples": n, "wall_s": latency * n / cfg["batch_size"],
-        "generated_tokens": tokens * n, "load_s": 0.4, "task_exact": acc,  # schema "Additions"
+        "ms_per_forward": ms, "cache_refreshes_mean": gen / block,
+        "peak_memory_bytes": rng.randint(10**8, 2 * 10**8),
+        "kv_cache_bytes": 4096 * gen if cache != "none" else 0, "n_samples": n,
+        "generated_tokens": round(tokens * n), "wall_s": latency * n / cfg["batch_size"],
+        "load_s": 0.4, "task_solution_exact": acc, "task_steps_correct": min(1.0, acc + 0.1),
     }
+    if spread:
+        for m in TIMED:
+            mid = out.get(m, out.get(f"{m}_median")) * 0.98  # the median differs from the mean
+            out.update({f"{m}_median": mid, f"{m}_q25": mid * (1 - spread),
+                        f"{m}_q75": mid * (1 + spread)})
+    return out
 
 
 def fake_kv_similarity(rng: random.Random, n_layers: int = 4, n_steps: int = 8) -> dict:
@@ -112,20 +106,25 @@ def fake_kv_similarity(rng: random.Random, n_layers: int = 4, n_steps: int = 8) 
 def make_sweep(root: Path, name: str, sweep: list[str], fixed: list[str] = (), *,
                failed: set = frozenset(), missing: set = frozenset(), stop_after: int | None = None,
                kv_jobs: set = frozenset(), csv: bool = True, multirun: bool = True,
-               dirnames: str = "num") -> Path:
+               dirnames: str = "num", spread: float | None = None,
+               noisy: set = frozenset()) -> Path:
     """Write sweep `root/name`: the product of `sweep` ("key=v1,v2") with `fixed` overrides.
 
-    Job i gets status "failed" if i in `failed`, only a .hydra folder if i in `missing`, no
-    folder at all if i >= stop_after (a half-finished sweep), a kv_similarity block if in kv_jobs.
-    Job folders are "0", "1", ... (Hydra's default) or, with dirnames="overrides", named by the
-    overrides like run.py's `dllm_job_dir` ("cache=dual,threshold=0.7").
+    Job i gets status "failed" if i in `failed`, only a .hydra folder if i in `missing` (or if an
+    earlier ok job has its config: a skipped duplicate), no folder at all if i >= stop_after (a
+    half-finished sweep), a kv_similarity block if in kv_jobs, timing quartiles `spread` apart
+    (0.4 apart if in `noisy`). `logger=none` is added to `fixed` unless it names a logger. Job
+    folders are "0", "1", ... (Hydra's default) or, with dirnames="overrides", named by the
+    overrides as run.py names them.
     """
     sweep_dir = Path(root) / name
     sweep_dir.mkdir(parents=True)
+    if not any(o.startswith("logger=") for o in fixed):  # W&B only where a test asks for it
+        fixed = ["logger=none", *fixed]
     axes = [[f"{o.split('=')[0]}={v}" for v in o.split("=", 1)[1].split(",")] for o in sweep]
     combos = [list(fixed) + list(c) for c in itertools.product(*axes)]
     if multirun:
-        cfg = config_from_overrides(list(fixed), name)
+        _, cfg = job_config(list(fixed), name)
         cfg["hydra"] = {
             "sweep": {"dir": f"sweeps/{name}", "subdir": "${hydra.job.num}"},
             "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
@@ -134,75 +133,56 @@ def make_sweep(root: Path, name: str, sweep: list[str], fixed: list[str] = (), *
             "job": {"name": "run", "config_name": "config", "num": "???"},
         }
         (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    csv_rows = []
+    done = set()
     for i, overrides in enumerate(combos):
         if stop_after is not None and i >= stop_after:
             break
-        job = sweep_dir / (str(i) if dirnames == "num" else ",".join(
-            sorted(o for o in overrides if o.split("=")[0] not in DIRNAME_EXCLUDED)))
-        cfg = config_from_overrides(overrides, name)
+        job = sweep_dir / (str(i) if dirnames == "num" else job_dir_name(overrides))
+        composed, cfg = job_config(overrides, name)
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        if i in missing:
+        (job / ".hydra" / "config.yaml").write_text(composed)
+        chash = config_hash(cfg, RUN_ONLY_KEYS)
+        if i in missing or chash in done:
             continue
-        results = fake_results(cfg, name, random.Random(f"{name}/{i}"), failed=i in failed,
-                               kv=i in kv_jobs)
-        write_samples(job / "samples.jsonl", results)
-        data = (job / "samples.jsonl").read_bytes()  # results.json last, describing its samples
-        results["samples"] = {"count": data.count(b"\n"), "bytes": len(data),
-                              "sha256": hashlib.sha256(data).hexdigest()}
-        (job / "results.json").write_text(json.dumps(results, indent=2))
-        csv_rows.append({"job_dir": job.name, "status": results["status"],
-                         "config_hash": results["config_hash"], **_flat(cfg),
-                         **_flat(results["metrics"], "metrics.")})
+        rng = random.Random(f"{name}/{i}")
+        results = fake_results(cfg, chash, rng, failed=i in failed, kv=i in kv_jobs,
+                               spread=0.4 if i in noisy else spread)
+        write_job(job, results, fake_samples(results))
+        if results["status"] == "ok":
+            done.add(chash)
     if csv:
-        pd.DataFrame(csv_rows).to_csv(sweep_dir / "sweep.csv", index=False)
+        rebuild_sweep_table(sweep_dir)
     return sweep_dir
 
 
-def fake_results(cfg: dict, sweep: str, rng: random.Random, *, failed=False, kv=False) -> dict:
-    canonical = json.dumps(cfg, sort_keys=True)
+def fake_results(cfg: dict, chash: str, rng: random.Random, *, failed=False, kv=False,
+                 spread: float | None = None) -> dict:
     out = {
         "schema_version": 1, "status": "failed" if failed else "ok",
         "error": "RuntimeError: fake failure for the tests" if failed else None,
-        "sweep": sweep, "config": cfg,
-        "config_hash": hashlib.sha256(canonical.encode()).hexdigest(),
-        "metrics": {} if failed else fake_metrics(cfg, rng),
-        "env": {"device_name": "cpu", "torch": "2.13.0", "cuda": None, "transformers": "4.99",
-                "dllm_bench": "0.1.0", "git_commit": "abc123", "hostname": "testhost",
-                "python": "3.11.7"},
-        "sharing": {"other_jobs": [], "other_jobs_max": 0, "load_1m_max": 1.0, "cpus": 8, "tracked": True},
-        "started_at": "2026-11-27T06:00:00Z", "finished_at": "2026-11-27T06:01:00Z",
+        "sweep": cfg["sweep_name"], "config": cfg, "config_hash": chash,
+        "metrics": {} if failed else fake_metrics(cfg, rng, spread),
+        "env": dict(ENV), "started_at": "2026-11-27T06:00:00Z",
     }
     if kv and not failed:
         out["kv_similarity"] = fake_kv_similarity(rng)
+    out["finished_at"] = "2026-11-27T06:01:00Z"
     return out
 
 
-def write_samples(path: Path, results: dict) -> None:
+def fake_samples(results: dict) -> list[dict]:
     m, n = results["metrics"], results["config"]["n_samples"]
     n_correct = round(m.get("accuracy", 0) * n)
-    with open(path, "w") as f:
-        for i in range(n if m else 0):
-            a, b = 3 * i + 1, 7 * i + 2
-            answer = str(a + b) if i < n_correct else str(a + b + 1)
-            f.write(json.dumps({"id": i, "prompt": f"{a}+{b}=", "output": answer + "<eos>",
-                                "extracted": answer, "target": str(a + b),
-                                "correct": i < n_correct, "nfe": m["nfe_mean"],
-                                "latency_s": m["latency_s_median"],
-                                "n_generated_tokens": len(answer),
-                                "cache_refreshes": m["cache_refreshes_mean"], "extra": {}}) + "\n")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    rows = []
+    for i in range(n if m else 0):
+        a, b = 3 * i + 1, 7 * i + 2
+        answer = str(a + b) if i < n_correct else str(a + b + 1)
+        rows.append({"id": i, "prompt": f"{a}+{b}=", "output": answer, "target": str(a + b),
+                     "nfe": m["nfe_mean"], "latency_s": m["latency_s_median"],
+                     "n_generated_tokens": len(answer), "cache_refreshes": m["cache_refreshes_mean"],
+                     "extracted": answer, "correct": i < n_correct, "extra": {}})
+    return rows
 
 
 # --- the fakes follow the schema document ----------------------------------------------------
@@ -254,5 +234,13 @@ def test_fake_overrides_reach_the_config(tmp_path):
     cfgs = [json.loads((sweep / j / "results.json").read_text())["config"] for j in jobs]
     assert [c["decoding"]["name"] for c in cfgs] == ["threshold", "threshold"]
     assert [c["decoding"]["threshold"] for c in cfgs] == [0.7, 0.9]
-    fixed = config_from_overrides(["decoding=fixed", "threshold=0.7"])
+    _, fixed = job_config(["decoding=fixed", "threshold=0.7"])
     assert fixed["decoding"]["threshold"] is None and fixed["threshold"] == 0.7
+
+
+def test_a_config_already_done_leaves_only_its_hydra_folder(tmp_path):
+    # fixed decoding ignores the threshold: the second cell is the first one's config
+    sweep = make_sweep(tmp_path, "s", ["threshold=0.7,0.9"], ["decoding=fixed"])
+    assert (sweep / "0" / "results.json").is_file()
+    assert (sweep / "1" / ".hydra" / "config.yaml").is_file()
+    assert not (sweep / "1" / "results.json").exists()

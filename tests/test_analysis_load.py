@@ -6,12 +6,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
-from analysis import NotASweepError, load_sweep, load_sweeps
-from analysis import methods
+from analysis import NotASweepError, load, load_sweep, load_sweeps, methods, spread
 from analysis.commands import job_command, sweep_command
 from analysis.figures import pareto_front
 from analysis.load import expected_overrides, read_multirun
+from conftest import compose
+from dllm_bench.config import RUN_ONLY_KEYS
+from dllm_bench.results import LATER_KEYS, config_hash
 
 try:
     from test_analysis_fakes import make_sweep
@@ -67,7 +70,7 @@ def test_half_finished_sweep_lists_jobs_not_started(tmp_path):
     df = load_sweep(sweep)
     assert (df["status"] == "ok").sum() == 4
     not_started = df[df["status"] == "not_started"]
-    combos = [["decoding=threshold", *c] for c in itertools.product(
+    combos = [["logger=none", "decoding=threshold", *c] for c in itertools.product(
         ["cache=none", "cache=prefix"], ["threshold=0.7", "threshold=0.8", "threshold=0.9"])]
     assert sorted(map(sorted, not_started["overrides"])) == sorted(map(sorted, combos[4:]))
 
@@ -111,7 +114,7 @@ def test_expected_jobs_and_commands_from_multirun_yaml(tmp_path):
     assert len(expected_overrides(multirun)) == 12
     multirun["hydra"]["overrides"]["hydra"].append("hydra.sweep.dir=my sweeps/x")
     cmd = sweep_command(multirun)
-    assert cmd == ("python run.py -m 'hydra.sweep.dir=my sweeps/x' decoding=threshold "
+    assert cmd == ("python run.py -m 'hydra.sweep.dir=my sweeps/x' logger=none decoding=threshold "
                    "cache=none,dual threshold=0.7,0.9")
     assert job_command(["cache=dual", "task.name=a b"]) == "python run.py cache=dual 'task.name=a b'"
     assert job_command(None) is None
@@ -152,5 +155,38 @@ def test_speedup_table_averages_repeats_of_one_configuration(tmp_path):
     mean = {c: {k: np.mean([m[k] for m in ms]) for k in ("accuracy", "tokens_per_s")}
             for c, ms in by_cache.items()}
     assert table.loc["baseline", "Accuracy (%)"] == pytest.approx(mean["none"]["accuracy"] * 100)
-    assert table.loc["+cache (dual)", "Speed-up (×)"] == pytest.approx(
+    assert table.loc["+cache (dual)", "Speed-up (× baseline)"] == pytest.approx(
         mean["dual"]["tokens_per_s"] / mean["none"]["tokens_per_s"])
+
+
+def test_cells_skipped_as_duplicates_are_not_missing(tmp_path):
+    # fixed decoding does not read the threshold, so each cache's second cell repeats its first
+    sweep = make_sweep(tmp_path, "s", ["cache=none,dual", "threshold=0.7,0.9"], ["decoding=fixed"])
+    df = load_sweep(sweep).set_index("job_dir")
+    assert dict(df["status"]) == {"0": "ok", "1": "duplicate", "2": "ok", "3": "duplicate"}
+    assert df.loc["1", "duplicate_of"] == "0" and df.loc["3", "duplicate_of"] == "2"
+    assert df.loc["3", "cache.name"] == "dual" and "job 2" in df.loc["3", "error"]
+    # a folder without results whose config no ok job holds is still missing
+    other = make_sweep(tmp_path, "t", ["threshold=0.7,0.9"], ["decoding=threshold"], missing={1})
+    assert list(load_sweep(other)["status"]) == ["ok", "missing"]
+
+
+def test_config_hash_is_the_engines():
+    assert set(load.RUN_ONLY_KEYS) == set(RUN_ONLY_KEYS) and load.LATER_KEYS == LATER_KEYS
+    for overrides in ([], ["fused=true", "threshold=0.5"], ["+cell=baseline", "logger=wandb"]):
+        cfg = OmegaConf.to_container(compose(overrides, tiny=False), resolve=True)
+        assert load.config_hash(cfg) == config_hash(cfg, RUN_ONLY_KEYS)
+
+
+def test_timing_spread_gives_the_median_and_quartiles_when_recorded():
+    df = pd.DataFrame({"metrics.tokens_per_s": [100.0, 50.0],
+                       "metrics.tokens_per_s_median": [90.0, np.nan],
+                       "metrics.tokens_per_s_q25": [80.0, np.nan],
+                       "metrics.tokens_per_s_q75": [120.0, np.nan],
+                       "metrics.latency_s_mean": [2.0, 3.0],
+                       "metrics.latency_s_median": [np.nan, 2.5]})
+    assert list(spread.value(df, "tokens_per_s")) == [90.0, 50.0]  # median first, else the value
+    assert list(spread.value(df, "latency_s")) == [2.0, 2.5]       # median, else the mean
+    assert spread.errorbars(df, "tokens_per_s").tolist() == [[10.0, 0.0], [30.0, 0.0]]
+    assert spread.errorbars(df, "latency_s") is None                # no quartiles: no bars
+    assert list(spread.noisy(df, "tokens_per_s")) == [True, False]  # IQR 40 of 90 > 20%

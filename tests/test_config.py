@@ -178,7 +178,7 @@ def test_experiment_cells_compose_and_validate(name):
     # composed, plain values set on the composed config (composing is slow)
     for key, values in params.items():
         for v in str(values).split(","):
-            if (CONF / key.lstrip("+")).is_dir():
+            if (CONF / key.lstrip("+")).is_dir():  # a group, or one added with +
                 cell = compose([f"+experiment={name}", f"{key}={v}"], tiny=False)
             else:
                 cell = cfg.copy()
