@@ -5,9 +5,9 @@
   `hydra.mode=MULTIRUN` that `-m` itself adds; sweeper params set in the config or an
   experiment overlay are not repeated, since the same overlay applies them again.
 - one job: `.hydra/overrides.yaml` -> `python run.py <overrides>` (a single run, no `-m`).
-- the baseline a sweep lacks: its own command plus `+cell=baseline` (conf/cell/baseline.yaml turns
-  each cell into cache=none, decoding=fixed, steps=gen_length; the sweep runs identical cells once
-  and skips the rest as duplicates), written into the same sweep folder.
+- the baseline a sweep lacks: its own command plus `cache=none decoding=fixed steps=${gen_length}`
+  (command-line overrides win over the sweep's axes, so every cell becomes the baseline; the sweep
+  runs identical cells once and skips the rest as duplicates), written into the same sweep folder.
 Each override is shell-quoted, so the commands can be pasted as they are.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ ENTRY = "python run.py"
 DEFAULT_CONFIG_NAME = "config"
 
 
-BASELINE_CELL = "+cell=baseline"  # conf/cell/baseline.yaml: each cell becomes the baseline
+BASELINE = ("cache=none", "decoding=fixed", "steps=${gen_length}")  # every cell becomes the baseline
 
 
 def sweep_command(multirun: dict | None, extra: list[str] = ()) -> str | None:
     """`python run.py -m ...` for a multirun.yaml (as a dict), or None without one; `extra`
-    overrides are appended (replacing a `+cell=` choice the sweep made on its command line)."""
+    overrides are appended (replacing the sweep's own overrides of the same keys)."""
     if not multirun:
         return None
     hydra_cfg = multirun.get("hydra") or {}

@@ -11,8 +11,8 @@ Columns of the frame:
   `config.<key>` (here `config.metrics.kv_similarity`), so `metrics.*` always means a measurement;
 - every metric as `metrics.<name>` and the environment stamp as `env.<name>`;
 - `status`: "ok" / "failed" (from results.json), "duplicate" (a job folder without results.json
-  whose config equals that of an ok job of the same sweep: the sweep skipped it, its numbers are
-  in the folder named by `duplicate_of`), "missing" (a job folder without results.json: running,
+  whose `skipped.json` says the sweep skipped it: its config equals that of the ok job named by
+  `duplicate_of`, which holds the numbers), "missing" (a job folder without results.json: running,
   killed or stopped before writing), "not_started" (a combination that the sweep's multirun.yaml
   asks for but no job folder holds);
 - `error`, `sweep`, `sweep_dir`, `job_dir` (relative to the sweep folder, as in sweep.csv),
@@ -21,7 +21,6 @@ Columns of the frame:
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import numbers
@@ -38,11 +37,6 @@ META_COLUMNS = (
 )
 NAMESPACES = ("metrics.", "env.", "config.")
 MISSING_REASON = "no results.json: still running, killed, or stopped before writing results"
-# How dllm_bench.results.config_hash leaves run-only keys out of a config (tests check that these
-# equal dllm_bench.config.RUN_ONLY_KEYS and dllm_bench.results.LATER_KEYS).
-RUN_ONLY_KEYS = ("logger", "num_threads", "n_parallel", "force", "progress", "sweep_name",
-                 "sweeps_dir", "threshold", "factor")
-LATER_KEYS = {"fused": False}
 _SKIP_DIRS = {"wandb", "__pycache__"}  # and hidden folders (.hydra, .submitit)
 _MAX_DEPTH = 3  # job folders are "<sweep>/<n>" or at most a couple of levels below
 
@@ -68,7 +62,7 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: not a sweep folder (no job folders with results.json or .hydra/, "
             "no sweep.csv, no multirun.yaml)"
         )
-    rows = _mark_duplicates([_read_job(p, sweep_dir) for p in job_paths])
+    rows = [_read_job(p, sweep_dir) for p in job_paths]
     rows += _csv_only_rows(csv_path, {r["job_dir"] for r in rows}, sweep_dir)
     rows += _not_started_rows(multirun_path, rows, sweep_dir)
     df = merge_shards(pd.DataFrame(rows))
@@ -245,7 +239,7 @@ def expected_overrides(multirun: dict) -> list[list[str]] | None:
 
 
 def _is_job_dir(path: Path) -> bool:
-    return (path / "results.json").is_file() or (path / ".hydra").is_dir()
+    return (path / "results.json").is_file() or (path / ".hydra").is_dir() or (path / "skipped.json").is_file()
 
 
 def _read_job(job_path: Path, sweep_dir: Path) -> dict:
@@ -255,11 +249,20 @@ def _read_job(job_path: Path, sweep_dir: Path) -> dict:
     results_file = job_path / "results.json"
     if not results_file.is_file():
         hydra_cfg = job_path / ".hydra" / "config.yaml"
-        if hydra_cfg.is_file():  # Hydra's composed config: which job it was, and its hash
+        if hydra_cfg.is_file():  # Hydra's composed config: which job it was
             composed = yaml.safe_load(hydra_cfg.read_text()) or {}
             resolved = _resolve(composed)
             row.update(_config_columns(composed if resolved is None else resolved))
-            row["_hash"] = config_hash(resolved) if resolved is not None else None
+        skipped = job_path / "skipped.json"  # written by the job when the sweep already held its config
+        if skipped.is_file():
+            try:
+                holder = json.loads(skipped.read_text())["duplicate_of"]
+            except (OSError, ValueError, KeyError, TypeError):
+                holder = None
+            if holder:
+                row.update(status="duplicate", duplicate_of=holder,
+                           error=f"skipped: same config as job {holder}, which holds the results")
+                return row
         row.update(status="missing", error=MISSING_REASON)
         return row
     try:
@@ -282,14 +285,6 @@ def _read_job(job_path: Path, sweep_dir: Path) -> dict:
     return row
 
 
-def config_hash(config: dict) -> str:
-    """The job's config_hash, computed as dllm_bench.results.config_hash does: sha256 of the
-    canonical JSON of the resolved config minus the run-only keys."""
-    kept = {k: v for k, v in config.items()
-            if k not in RUN_ONLY_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _resolve(composed: dict) -> dict | None:
     """A composed `.hydra/config.yaml` with its `${...}` interpolations resolved, as the job saw
     it; None when it cannot be resolved here (no omegaconf, or a resolver only Hydra knows)."""
@@ -299,21 +294,6 @@ def _resolve(composed: dict) -> dict | None:
         return OmegaConf.to_container(OmegaConf.create(composed), resolve=True)
     except Exception:
         return None
-
-
-def _mark_duplicates(rows: list[dict]) -> list[dict]:
-    """Folders without results.json whose config an ok job of the sweep already holds: the sweep
-    skipped them on purpose (e.g. fixed decoding swept over thresholds it ignores)."""
-    done = {}
-    for r in rows:  # the first ok job of a hash, as the sweep's skip (results.find_done) names it
-        if r.get("status") == "ok" and r.get("config_hash"):
-            done.setdefault(r["config_hash"], r["job_dir"])
-    for r in rows:
-        holder = done.get(r.pop("_hash", None))
-        if r["status"] == "missing" and holder is not None:
-            r.update(status="duplicate", duplicate_of=holder,
-                     error=f"skipped: same config as job {holder}, which holds the results")
-    return rows
 
 
 def _config_columns(config: dict) -> dict:

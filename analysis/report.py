@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import figures, methods, spread, tables, wandb_log
 from .notes import sweep_notes
-from .commands import BASELINE_CELL, job_command, sweep_command
+from .commands import BASELINE, job_command, sweep_command
 from .load import NotASweepError, config_columns, load_sweeps, read_multirun
 from .style import FigureResult
 
@@ -36,7 +36,7 @@ JOB_METRICS = {  # metric -> (header, scale, digits); timed ones are read throug
     "nfe_mean": ("NFE (forwards/sample)", 1, 1),
     "tokens_per_forward": ("Answer tokens/forward (to EOS)", 1, 2),
     "ms_per_forward": ("ms/forward", 1, 2),
-    "latency_s": ("Latency median (s, batch wall time)", 1, 3),
+    "latency_s": ("Latency median (s per sample, timed pass)", 1, 3),
 }
 JOBS_NOTE = ("Answer tokens/forward counts generated tokens up to the first EOS ÷ NFE, so it is "
              "below 1 for one-token-per-step decoding whenever answers end before gen_length; the "
@@ -215,14 +215,14 @@ class _Page:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def _baseline_commands(self) -> list[str]:
-        """Per sweep: its own command plus +cell=baseline (see analysis.commands)."""
+        """Per sweep: its own command plus the baseline overrides (see analysis.commands)."""
         out = []
         for path, multirun in self.sweeps:
-            cmd = sweep_command(multirun, [BASELINE_CELL])
+            cmd = sweep_command(multirun, list(BASELINE))
             if cmd is None:  # a single run: its job's overrides
                 jobs = self.df[(self.df["sweep_dir"] == str(path.resolve()))
                                & self.df["overrides"].notna()]
-                cmd = job_command(jobs["overrides"].iloc[0], [BASELINE_CELL]) if len(jobs) else None
+                cmd = job_command(jobs["overrides"].iloc[0], list(BASELINE)) if len(jobs) else None
             if cmd:
                 out.append(cmd)
         return out

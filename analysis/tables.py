@@ -26,7 +26,7 @@ NUMERIC = (*DIGITS, "Gen length", "Jobs", IQR)  # right-aligned
 BASELINE = "cache=none, decoding=fixed, steps=gen_length: no cache, one token per step"
 SPEEDUP_NOTE = (f"{SPEEDUP} = tokens/s ÷ tokens/s of the baseline ({BASELINE}) of the same "
                 "model, task and gen length (and block length, when several); — where the sweep "
-                "has no baseline: add it by running the sweep's command again with +cell=baseline.")
+                "has no baseline: add it by running the sweep's command again with cache=none decoding=fixed 'steps=${gen_length}'.")
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 from dllm_bench.config import RUN_ONLY_KEYS, job_dirname
-from dllm_bench.results import config_hash, rebuild_sweep_table, write_job
+from dllm_bench.results import config_hash, mark_skipped, rebuild_sweep_table, write_job
 
 SCHEMA_DOC = Path(__file__).resolve().parents[1] / "docs" / "results_schema.md"
 TIMED = ("tokens_per_s", "ms_per_forward", "latency_s")  # the metrics with a timing spread
@@ -80,14 +80,18 @@ def fake_metrics(cfg: dict, rng: random.Random, spread: float | None = None) -> 
         "ms_per_forward": ms, "cache_refreshes_mean": gen / block,
         "peak_memory_bytes": rng.randint(10**8, 2 * 10**8),
         "kv_cache_bytes": 4096 * gen if cache != "none" else 0, "n_samples": n,
-        "generated_tokens": round(tokens * n), "wall_s": latency * n / cfg["batch_size"],
+        "generated_tokens": round(tokens * n), "accuracy_pass_s": latency * n / cfg["batch_size"],
+        "timed_samples": min(n, cfg["batch_size"]), "timing_repeats": 3, "remasked_mean": 0.0,
+        "load_1m": 1.0, "load_other_cpu": 0.1, "cpus": 8, "torch_threads": 1,
+        "layer_tokens_computed": round(nfe * n * 4 * (gen + 32) * (1 if cache == "none" else 0.4)),
+        "compute_skipped": 0.0 if cache == "none" else 0.6,
         "load_s": 0.4, "task_solution_exact": acc, "task_steps_correct": min(1.0, acc + 0.1),
     }
-    if spread:
+    if spread:  # the timing quartiles (a job always writes them; fakes only where a test asks)
         for m in TIMED:
             mid = out.get(m, out.get(f"{m}_median")) * 0.98  # the median differs from the mean
-            out.update({f"{m}_median": mid, f"{m}_q25": mid * (1 - spread),
-                        f"{m}_q75": mid * (1 + spread)})
+            out.update({f"{m}_median": mid, f"{m}_q25": mid * (1 - spread), f"{m}_q75": mid * (1 + spread)})
+        out.update(timing_rel_iqr=2 * spread, timing_noisy=2 * spread > 0.25)
     return out
 
 
@@ -133,7 +137,7 @@ def make_sweep(root: Path, name: str, sweep: list[str], fixed: list[str] = (), *
             "job": {"name": "run", "config_name": "config", "num": "???"},
         }
         (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    done = set()
+    done: dict[str, str] = {}  # config hash -> the job folder holding its results
     for i, overrides in enumerate(combos):
         if stop_after is not None and i >= stop_after:
             break
@@ -143,6 +147,8 @@ def make_sweep(root: Path, name: str, sweep: list[str], fixed: list[str] = (), *
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         (job / ".hydra" / "config.yaml").write_text(composed)
         chash = config_hash(cfg, RUN_ONLY_KEYS)
+        if chash in done and i not in missing:  # the job skips it as a duplicate, and says so
+            mark_skipped(job, done[chash], chash)
         if i in missing or chash in done:
             continue
         rng = random.Random(f"{name}/{i}")
@@ -150,7 +156,7 @@ def make_sweep(root: Path, name: str, sweep: list[str], fixed: list[str] = (), *
                                spread=0.4 if i in noisy else spread)
         write_job(job, results, fake_samples(results))
         if results["status"] == "ok":
-            done.add(chash)
+            done[chash] = job.name
     if csv:
         rebuild_sweep_table(sweep_dir)
     return sweep_dir
@@ -164,7 +170,11 @@ def fake_results(cfg: dict, chash: str, rng: random.Random, *, failed=False, kv=
         "sweep": cfg["sweep_name"], "config": cfg, "config_hash": chash,
         "metrics": {} if failed else fake_metrics(cfg, rng, spread),
         "env": dict(ENV), "started_at": "2026-11-27T06:00:00Z",
+        "sharing": {"other_jobs": [], "other_jobs_max": 0, "load_1m_max": 1.0, "cpus": 8, "tracked": True},
     }
+    if not failed:  # the timed pass's repeats (docs/timing.md)
+        walls = [round(0.05 * (1 + 0.1 * rng.random()), 4) for _ in range(3)]
+        out["timing"] = {"order": ["cell"] * 3, "cell": [{"wall_s": w, "nfe": 32} for w in walls]}
     if kv and not failed:
         out["kv_similarity"] = fake_kv_similarity(rng)
     out["finished_at"] = "2026-11-27T06:01:00Z"
@@ -179,7 +189,8 @@ def fake_samples(results: dict) -> list[dict]:
         a, b = 3 * i + 1, 7 * i + 2
         answer = str(a + b) if i < n_correct else str(a + b + 1)
         rows.append({"id": i, "prompt": f"{a}+{b}=", "output": answer, "target": str(a + b),
-                     "nfe": m["nfe_mean"], "latency_s": m["latency_s_median"],
+                     "nfe": m["nfe_mean"], "remasked": 0, "batch_size": results["config"]["batch_size"],
+                     "batch_latency_s": m["latency_s_median"] * results["config"]["batch_size"],
                      "n_generated_tokens": len(answer), "cache_refreshes": m["cache_refreshes_mean"],
                      "extracted": answer, "correct": i < n_correct, "extra": {}})
     return rows
@@ -211,10 +222,10 @@ def test_schema_doc_parses():
 
 def test_fake_results_carry_every_schema_key(tmp_path):
     keys = _schema_keys()
-    sweep = make_sweep(tmp_path, "s", ["cache=none,dual"], kv_jobs={1})
+    sweep = make_sweep(tmp_path, "s", ["cache=none,dual"], kv_jobs={1}, spread=0.05)
     res = json.loads((sweep / "1" / "results.json").read_text())
     assert set(keys["top"]) <= set(res)
-    assert set(keys["metrics"]) <= set(res["metrics"])
+    assert {k for k in keys["metrics"] if not k.startswith("speedup")} <= set(res["metrics"])  # speedup: opt-in
     assert set(keys["env"]) <= set(res["env"])
     kv_keys = set()
     for layer in res["kv_similarity"]["layers"]:
@@ -235,7 +246,7 @@ def test_fake_overrides_reach_the_config(tmp_path):
     assert [c["decoding"]["name"] for c in cfgs] == ["threshold", "threshold"]
     assert [c["decoding"]["threshold"] for c in cfgs] == [0.7, 0.9]
     _, fixed = job_config(["decoding=fixed", "threshold=0.7"])
-    assert fixed["decoding"]["threshold"] is None and fixed["threshold"] == 0.7
+    assert "threshold" not in fixed["decoding"] and fixed["threshold"] == 0.7  # the alias only
 
 
 def test_a_config_already_done_leaves_only_its_hydra_folder(tmp_path):

@@ -13,8 +13,7 @@ from analysis.commands import job_command, sweep_command
 from analysis.figures import pareto_front
 from analysis.load import expected_overrides, read_multirun
 from conftest import compose
-from dllm_bench.config import RUN_ONLY_KEYS
-from dllm_bench.results import LATER_KEYS, config_hash
+from fixture_paths import ROOT
 
 try:
     from test_analysis_fakes import make_sweep
@@ -171,11 +170,19 @@ def test_cells_skipped_as_duplicates_are_not_missing(tmp_path):
     assert list(load_sweep(other)["status"]) == ["ok", "missing"]
 
 
-def test_config_hash_is_the_engines():
-    assert set(load.RUN_ONLY_KEYS) == set(RUN_ONLY_KEYS) and load.LATER_KEYS == LATER_KEYS
-    for overrides in ([], ["fused=true", "threshold=0.5"], ["+cell=baseline", "logger=wandb"]):
-        cfg = OmegaConf.to_container(compose(overrides, tiny=False), resolve=True)
-        assert load.config_hash(cfg) == config_hash(cfg, RUN_ONLY_KEYS)
+def test_a_skipped_job_says_which_job_holds_its_results(tmp_path):
+    """A real skip writes skipped.json, which the loader turns into a duplicate row."""
+    from dllm_bench.job import run_job
+
+    sweep = tmp_path / "s"
+    first = run_job(compose(["n_samples=1", "timing.repeats=1", "timing.warmup=0"]), sweep / "a", ROOT)
+    (sweep / "b").mkdir()
+    run_job(compose(["n_samples=1", "timing.repeats=1", "timing.warmup=0", "num_threads=2"]), sweep / "b", ROOT)
+    assert json.loads((sweep / "b" / "skipped.json").read_text()) == {"duplicate_of": "a",
+                                                                      "config_hash": first["config_hash"]}
+    df = load_sweep(sweep).set_index("job_dir")
+    assert df.loc["a", "status"] == "ok" and df.loc["b", "status"] == "duplicate"
+    assert df.loc["b", "duplicate_of"] == "a"
 
 
 def test_timing_spread_gives_the_median_and_quartiles_when_recorded():

@@ -262,8 +262,8 @@ def test_speedup_says_which_baseline_it_needs_and_how_to_add_it(tmp_path):
     assert tables.SPEEDUP_NOTE in md and "cache=none, decoding=fixed" in tables.SPEEDUP_NOTE
     assert tables.SPEEDUP_NOTE in (sweep / "report" / "figures" / "speedup_table.md").read_text()
     assert ("No baseline, so no speed-up, for: llada_tiny_arith · arith · gen length 64" in md)
-    assert ("python run.py -m logger=none cache=dual decoding=threshold threshold=0.7,0.9 "
-            "+cell=baseline") in md
+    assert ("python run.py -m logger=none threshold=0.7,0.9 cache=none decoding=fixed "
+            "'steps=${gen_length}'") in md
     with_base = make_sweep(tmp_path, "b", ["cache=none,dual"], ["decoding=fixed"])
     assert "No baseline" not in build_report([with_base]).markdown.read_text()
 
@@ -304,9 +304,8 @@ def test_threshold_figure_compares_with_fixed_k_only_when_there_are_fixed_cells(
     assert len(drawn.pop(next(s for s in drawn if s.startswith("threshold")))
                .axes) == 2  # (a) accuracy and (b) tokens per step only
     drawn.clear()
-    fig5 = make_sweep(tmp_path, "fig5", ["threshold=0.7,0.8,0.9",
-                                         "+cell=swept,fixed_steps32,fixed_steps16"],
-                      ["cache=dual", "decoding=threshold"])
+    fig5 = make_sweep(tmp_path, "fig5", ["threshold=0.7,0.8,0.9",  # the default rule: +cell replaces it
+                                         "+cell=swept,fixed_steps32,fixed_steps16"], ["cache=dual"])
     build_report([fig5])
     axes = drawn[next(s for s in drawn if s.startswith("threshold"))].axes
     assert [ax.get_title() for ax in axes] == ["(a) accuracy vs threshold",

@@ -49,7 +49,7 @@ from .models.loading import resolve_dtype
 from .models.ops import use_fused
 from .prepare import Prepared, prepare, resolve_model_path  # noqa: F401  (also importable from here)
 from .results import (RESULTS, SCHEMA_VERSION, atomic_write_bytes, atomic_write_text, config_hash, env_stamp,
-                      find_done, mark_mirrored, mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
+                      find_done, mark_mirrored, mark_skipped, mirrored, read_samples, rebuild_sweep_table, utc_now, write_job)
 from .tasks import score_all
 from .tasks.tokens import stop_token_ids
 
@@ -237,6 +237,7 @@ def _skip(done: tuple[str, dict], sweep_dir: Path, job: str, logger, key: str | 
     the logger; done under the cell's claim so two launchers do not both log it); rebuild sweep.csv."""
     folder, res = sweep_dir / done[0], done[1]
     log.info(f"[skip] {job}: config {res['config_hash'][:10]} already ok in {folder} (force=true reruns it)")
+    mark_skipped(sweep_dir / job, done[0], res["config_hash"])
     if key is not None and not mirrored(folder, key):
         claim = Claim(sweep_dir, res["config_hash"], job)
         if claim.acquire() is None:

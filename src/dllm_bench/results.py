@@ -130,6 +130,17 @@ def env_stamp(device: str = "cpu") -> dict[str, Any]:
             "hostname": socket.gethostname(), "python": platform.python_version()}
 
 
+SKIPPED = "skipped.json"
+
+
+def mark_skipped(job_dir: str | Path, holder: str, chash: str) -> None:
+    """Record in a job folder that the sweep skipped it: its config is the one job ``holder`` of the
+    same sweep holds results for (``analysis`` reads this instead of recomputing hashes)."""
+    job_dir = Path(job_dir)
+    if job_dir.name != holder and job_dir.is_dir():
+        atomic_write_text(job_dir / SKIPPED, json.dumps({"duplicate_of": holder, "config_hash": chash}) + "\n")
+
+
 def write_job(job_dir: str | Path, results: dict, samples: list[dict]) -> Path:
     """Write ``samples.jsonl`` then ``results.json`` (last: the commit marker of both). Adds
     ``results["samples"]``: the rows' count, byte size and sha256, checked by ``load_job``."""
