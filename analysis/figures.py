@@ -398,7 +398,55 @@ def agreement(df: pd.DataFrame, out_dir) -> FigureResult:
     return _or_skip(result, "no agreement metric (run with measure.agreement=true)")
 
 
-ALL = (pareto, threshold_sweep, block_size_sweep, kv_similarity, latency_breakdown)
+@_figure
+def methods_compare(df: pd.DataFrame, out_dir) -> FigureResult:
+    """The methods of a sweep side by side (e.g. +experiment=caches_compare / rules_compare), one
+    horizontal bar per configuration in each panel: accuracy, forwards per sample (NFE), tokens
+    per forward, tokens/s (with the timing interquartile range), the share of layer x token work
+    skipped against a full forward every step (hardware-independent), and re-masks per sample
+    when a rule re-masks. Drawn where a group holds >= 2 configurations of which at least one is
+    a cache or rule beyond Fast-dLLM's own (the paper figures cover those)."""
+    result = FigureResult("methods_compare")
+    fast = {"none", "prefix", "dual", "fixed", "threshold", "factor"}
+    df = df.assign(_tps=spread.value(df, "tokens_per_s"))
+    for key, sub in methods.groups(_with(df, "metrics.accuracy")):
+        names = set(sub["cache.name"].dropna()) | set(sub["decoding.name"].dropna())
+        if methods.n_configs(sub) < 2 or names <= fast:
+            continue
+        sub = sub.iloc[sorted(range(len(sub)), key=lambda i: methods.sort_key(sub.iloc[i]))]
+        labels = methods.job_labels(sub)
+        panels = [("Accuracy (%)", _col(sub, "metrics.accuracy") * 100, None),
+                  ("Forwards per sample (NFE)", _col(sub, "metrics.nfe_mean"), None),
+                  ("Tokens per forward", _col(sub, "metrics.tokens_per_forward"), None),
+                  ("Tokens/s (median)", sub["_tps"].astype(float), spread.errorbars(sub, "tokens_per_s")),
+                  ("Layer x token work skipped (%)", _col(sub, "metrics.compute_skipped") * 100, None)]
+        remasks = _col(sub, "metrics.remasked_mean")
+        if (remasks.fillna(0) > 0).any():
+            panels.append(("Re-masked tokens per sample", remasks, None))
+        fig, axes = new_figure(ncols=len(panels), width=2.6, height=0.45 * len(sub) + 1.4)
+        ypos = np.arange(len(sub))
+        colors = [cache_color(methods.get(r, "cache.name", "none")) for _, r in sub.iterrows()]
+        for i, (ax, (title, values, err)) in enumerate(zip(axes, panels)):
+            bars = values.fillna(0).to_numpy()
+            ax.barh(ypos, bars, xerr=err, color=colors, capsize=2)
+            ends = bars + (0 if err is None else np.nan_to_num(err[1]))
+            for y, v, end in zip(ypos, values, ends):  # the value just past the bar (and its error bar)
+                ax.text(max(end, 0), y, "  n/a" if pd.isna(v) else f"  {v:.4g}", va="center", ha="left",
+                        fontsize=7)
+            ax.set_xlim(min(0, np.nanmin(bars)), max(np.nanmax(ends), 1e-9) * 1.3)
+            ax.set_yticks(ypos, labels if i == 0 else [""] * len(sub))
+            ax.invert_yaxis()
+            ax.set_title(title, fontsize=9)
+        fig.suptitle(f"Methods side by side, {methods.group_title(key)} (bar colour: cache)")
+        _add(result, save(fig, out_dir, slug("methods_compare", *key)),
+             f"Methods side by side, {methods.group_title(key)}: accuracy, forwards, tokens per "
+             f"forward, tokens/s (bars: interquartile range of the timing repeats), the layer x token "
+             f"work each skipped against a full forward every step, re-masks per sample")
+    return _or_skip(result, "needs >= 2 configurations in one model · task · gen length, one of them "
+                            "a cache or rule other than Fast-dLLM's (e.g. +experiment=caches_compare)")
+
+
+ALL = (pareto, threshold_sweep, block_size_sweep, kv_similarity, latency_breakdown, methods_compare)
 ALL += (agreement, replay_gallery)
 
 

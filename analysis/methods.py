@@ -14,7 +14,7 @@ import numbers
 import pandas as pd
 
 ROLE_ORDER = ("baseline", "+cache", "+parallel", "+cache +parallel", "fixed k")
-CACHE_ORDER = {"none": 0, "prefix": 1, "dual": 2}
+CACHE_ORDER = {"none": 0, "prefix": 1, "dual": 2, "dllm_cache": 3, "dkv_decode": 4, "dkv_greedy": 5}
 GROUP_KEYS = ("model.name", "task.name", "gen_length")  # one table block / figure per group
 
 

@@ -17,9 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-CACHE_COLORS = {"none": "#7f7f7f", "prefix": "#1f77b4", "dual": "#d62728"}
+CACHE_COLORS = {"none": "#7f7f7f", "prefix": "#1f77b4", "dual": "#d62728", "dllm_cache": "#2ca02c",
+                "dkv_decode": "#9467bd", "dkv_greedy": "#8c564b"}
 _EXTRA_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-DECODING_MARKERS = {"fixed": "o", "threshold": "^", "factor": "s"}
+DECODING_MARKERS = {"fixed": "o", "threshold": "^", "factor": "s", "wino": "D", "klass": "v",
+                    "eb_sampler": "P", "random_order": "X"}
 _EXTRA_MARKERS = ("D", "v", "P", "X", "*")
 
 LABELS = {  # column -> axis label (units in brackets)

@@ -24,7 +24,7 @@ except ImportError:  # tests/ collected as a package
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("pareto", "threshold_sweep", "block_size_sweep", "kv_similarity", "latency_breakdown")
-OPT_IN = {"agreement", "replay_gallery"}  # only from jobs that measured them (tests/test_visualising.py)
+OPT_IN = {"agreement", "replay_gallery", "methods_compare"}  # only from jobs that measured them, or sweeps of other methods
 
 
 @pytest.fixture(scope="module")
