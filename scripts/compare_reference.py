@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", required=True, help="the Fast-dLLM checkout's llada/ folder")
     p.add_argument("--preset", default="llada-cpu", choices=sorted(PRESETS))
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="replace the preset's vocabulary (mask id = vocab - 1, EOS/pad = vocab - 2)")
     p.add_argument("--modes", default="none,prefix,dual")
     p.add_argument("--prompt-length", type=int, default=128)
     p.add_argument("--gen-length", type=int, default=64)
@@ -53,7 +55,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    raw = PRESETS[args.preset]
+    raw = dict(PRESETS[args.preset])
+    if args.vocab_size:
+        v = args.vocab_size
+        raw.update(vocab_size=v, embedding_size=v, mask_token_id=v - 1, eos_token_id=v - 2, pad_token_id=v - 2)
     with tempfile.TemporaryDirectory() as tmp:
         save_model(build_model(raw, seed=args.seed), tmp)
         ours = load_model(tmp)
@@ -90,7 +95,7 @@ def main(argv=None) -> int:
                     times[m][s].append(1e3 * dt / nfe)
                 tokens[m][s] = toks
     rows = []
-    print(f"# {args.preset} on {device_name('cpu')}, prompt {args.prompt_length}, gen {G}, block {bl}, "
+    print(f"# {args.preset} (vocab {cfg.vocab_size}) on {device_name('cpu')}, prompt {args.prompt_length}, gen {G}, block {bl}, "
           f"threshold {args.threshold}, {args.rounds} interleaved rounds: ms per forward, median (min-max)")
     for m in modes:
         a, b = times[m]["dllm_bench"], times[m]["reference"]
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
                      "ratio_median": ratio, "same_tokens": same})
         print(f"{m:7s} dllm-bench {statistics.median(a):7.2f} ({min(a):.2f}-{max(a):.2f})  reference "
               f"{statistics.median(b):7.2f} ({min(b):.2f}-{max(b):.2f})  ratio {ratio:.3f}  same tokens: {same}")
-    print(json.dumps({"preset": args.preset, "device_name": device_name("cpu"), "threads": args.threads,
+    print(json.dumps({"preset": args.preset, "vocab_size": cfg.vocab_size, "device_name": device_name("cpu"), "threads": args.threads,
                       "rounds": args.rounds, "results": rows}))
     return 0
 
