@@ -11,11 +11,13 @@ each row's tokens (and its own forward count, ``nfe_per_row``) equal its batch-s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch
 
 from ..models.kv import Where
+from ..models.ops import ops_name
 from .caches.base import Cache
 from .graphs import static_buffers
 from .rules.base import Rule
@@ -149,18 +151,18 @@ class _Forward:
                      logits_slice=rows_idx, hooks=plan.hooks)
 
 
-def _work(state: DecodeState, plan: Plan, extra: Extra | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row (B,): real (non-padding) tokens this forward computes, and those of a full forward.
-    Summed over the steps a row takes part in, times the layers, they make the hardware-independent
-    cost counters ``layer_tokens_computed`` / ``layer_tokens_total`` (a batch reports the sum of its
+def _work(state: DecodeState, plan: Plan, extra: Extra | None):
+    """Per row: real (non-padding) tokens this forward computes, and those of a full forward —
+    Python ints when every row has the same (a window, no padding), else (B,) tensors. Summed over
+    the steps a row takes part in, times the layers, they make the hardware-independent cost
+    counters ``layer_tokens_computed`` / ``layer_tokens_total`` (a batch reports the sum of its
     rows' batch-size-1 costs)."""
-    B, L = state.x.shape
+    L = state.length
     real = state.key_mask
-    total = real.sum(-1) if real is not None else torch.full((B,), L, device=state.device)
+    total = L if real is None else real.sum(-1)
     if plan.index is None:
         end = L if plan.end is None else plan.end
-        fed = real[:, plan.start:end].sum(-1) if real is not None else torch.full((B,), end - plan.start,
-                                                                                     device=state.device)
+        fed = end - plan.start if real is None else real[:, plan.start:end].sum(-1)
     else:
         ok = torch.ones_like(plan.index, dtype=torch.bool) if plan.valid is None else plan.valid
         if real is not None:
@@ -169,6 +171,14 @@ def _work(state: DecodeState, plan: Plan, extra: Extra | None) -> tuple[torch.Te
     if extra is not None:
         fed = fed + extra.ids.shape[1]
     return fed, total
+
+
+def _work_totals(log: list, batch: int, device) -> tuple[int, int]:
+    """Sum of fed and full tokens over the logged steps, each counted for the rows that took part
+    (one pass at the end: no per-step tensor work on the hot path)."""
+    live = torch.stack([w[2] for w in log]).long()  # (S, B)
+    cols = [torch.stack([torch.as_tensor(w[i], device=device).expand(batch) for w in log]) for i in (0, 1)]
+    return int((cols[0] * live).sum()), int((cols[1] * live).sum())
 
 
 def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: bool = False, trace: bool = False,
@@ -197,11 +207,11 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
     forces_first = profile.refresh_forces_first and state.blocked
     nfe = refreshes = skipped = 0
     nfe_row = torch.zeros(B, dtype=torch.long, device=x.device)
-    work_done = torch.zeros(B, dtype=torch.long, device=x.device)  # per row: see _work
-    work_total = torch.zeros(B, dtype=torch.long, device=x.device)
+    work_log: list = []  # (fed, full, live rows) per forward without layer hooks: see _work
     remasked_row = torch.zeros(B, dtype=torch.long, device=x.device)
     records: list[dict] | None = [] if trace else None
     state.rule = rule
+    state.fused_ops = ops_name(model) == "fused"
     cache.setup(state)
     rule.setup(state)
 
@@ -216,22 +226,22 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
             active = (x[:, s:e] == mask_id).any(-1)
             if state.step > 0 and (rule.exhausted(state) or (can_exit and not bool(active.any()))):
                 break
-            state.live = (active | (not can_exit)) if state.step > 0 else torch.ones_like(active)
+            state.live = active if state.step > 0 and can_exit else torch.ones_like(active)
             plan = cache.plan(state)
             extra = rule.extra_queries(state)
             general = extra is not None or not forward.fast(plan, ts, te)
             rows, fresh = forward.target_rows(plan, ts, te) if general else (None, None)
             state.fresh = fresh
 
-            def run(which: str, plan=plan, extra=extra, rows=rows):
-                return forward(plan, ts, te, extra, which, rows)
-
             if static is not None:
                 pred = static.run((plan.key, ts, te, rule.predict_key),
                                   lambda plan=plan, ts=ts, te=te: rule.predict(forward(plan, ts, te), state))
                 calls = 1
             else:
-                logits, calls = cache.guided(run, state, plan) if guided else (run("cond"), 1)
+                if guided:
+                    logits, calls = cache.guided(partial(forward, plan, ts, te, extra, target_rows=rows), state, plan)
+                else:
+                    logits, calls = forward(plan, ts, te, extra, "cond", rows), 1
                 n_extra = 0 if extra is None else extra.ids.shape[1]
                 main = logits[:, :te - ts] if n_extra else logits
                 pred = rule.predict(main, state)
@@ -243,9 +253,7 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
             state.calls += calls
             nfe += calls
             if plan.hooks is None:  # layer x token work vs a full forward (layer hooks count their own)
-                fed, total = _work(state, plan, extra)
-                work_done += fed * state.live
-                work_total += total * state.live
+                work_log.append((*_work(state, plan, extra), state.live))
             nfe_row += row_calls * state.live
             refreshes += int(plan.refresh)
 
@@ -290,10 +298,11 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
                 x[:, e:] = cfg.eos_token_id
                 skipped = state.n_blocks - 1 - b
                 break
-    if int(work_total.sum()):
+    if work_log:
+        done, full = _work_totals(work_log, B, x.device)
         work = cfg.n_layers * (2 if guided else 1)  # guidance runs the unconditional rows too
-        state.count("layer_tokens_computed", int(work_done.sum()) * work)
-        state.count("layer_tokens_total", int(work_total.sum()) * work)
+        state.count("layer_tokens_computed", done * work)
+        state.count("layer_tokens_total", full * work)
     # (x itself is not rebound: the step functions kept for replay read it)
     result = x_out.copy_(x) if static is not None else x
     return LoopOutput(x=result, nfe=nfe, nfe_per_row=nfe_row.tolist(), refreshes=refreshes,

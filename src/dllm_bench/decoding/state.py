@@ -32,6 +32,7 @@ class DecodeState:
     end: int = 0
     step: int = 0                        # step within the block; 0 = the block's first forward
     calls: int = 0                       # model forward calls so far in this generate()
+    fused_ops: bool = False              # the model runs the compiled ops (models.ops.use_fused)
     fresh: torch.Tensor | None = None    # (B, W) targets this step's forward predicted (None: all of them)
     targets: tuple[int, int] = (0, 0)    # [start, end) of the positions the rule predicts this block
     live: torch.Tensor | None = None     # (B,) bool: rows this step's forward counts for (a row decoded

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Where:
     """Positions of the fed tokens: ``start`` (contiguous) or ``index`` (B, T) long with ``valid``
     (B, T) bool marking the real entries (rows of a batch may feed different counts; padding

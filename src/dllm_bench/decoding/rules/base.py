@@ -13,7 +13,6 @@ from typing import ClassVar
 
 import torch
 
-from ...models.ops import ops_name
 from ..confidence import predict
 from ..registry import Plugin, check_choice, check_number
 from ..state import Decision, DecodeState, Extra, Prediction
@@ -67,7 +66,7 @@ class Rule(Plugin):
         """logits (B, W, V) at the targets -> Prediction (x0 never the mask token)."""
         x0, conf = predict(logits, mask_id=state.mask_id, score=self.score, fp64=state.profile.confidence_fp64,
                            temperature=self.temperature, remasking=self.remasking, generator=state.generator,
-                           fused=ops_name(state.model) == "fused")
+                           fused=state.fused_ops)
         return Prediction(x0, conf)
 
     @property
