@@ -29,10 +29,17 @@ def test_bench_prints_a_row_per_cache_mode_and_json_last(capsys, graphs):
     (["--gen-length", "20", "--block-length", "8"], "20"),
     (["--batch-size", "0"], "batch-size"),
     (["--dtype", "float13"], "float13"),
+    (["--caches", "none,dkv_greedy", "--decoding", "fixed"], "dkv_greedy.*decoding=random_order"),
 ])
 def test_bad_options_are_one_line_errors(argv, match):
     with pytest.raises((SystemExit, ValueError), match=match):
         bench.main(["--model", str(LLADA_TINY), *argv])
+
+
+def test_a_pair_the_model_family_cannot_run_is_refused_before_building_the_model(monkeypatch):
+    monkeypatch.setattr(bench, "build", lambda *a: pytest.fail("built the model before refusing the pair"))
+    with pytest.raises(SystemExit, match="decoding 'wino' is defined for llada models, not dream"):
+        bench.main(["--random-weights", "dream-7b", "--caches", "dual", "--decoding", "wino"])
 
 
 def test_cuda_without_gpu_is_a_clear_error():

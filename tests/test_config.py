@@ -33,7 +33,8 @@ def test_groups_have_the_issue_options():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option):
-    cfg = compose([f"{group}={option}"])
+    partner = {("cache", "dkv_greedy"): ["decoding=random_order"]}  # runs with this rule only (see below)
+    cfg = compose([f"{group}={option}", *partner.get((group, option), [])])
     assert cfg[group].name if group != "logger" else cfg.logger._target_
     validate(cfg)
     if group == "logger":
@@ -131,6 +132,9 @@ def test_unknown_root_key_added_with_plus_is_refused():
     (["model.family=lada"], "unknown model.family 'lada'.*did you mean llada"),
     (["graphs=true", "decoding.temperature=0.5"], "graphs=true needs deterministic, unguided steps"),
     (["cfg_scale=-1"], "cfg_scale=-1.0 must be"),
+    (["cache=dkv_greedy", "decoding=fixed"], "cache 'dkv_greedy' .* needs a rule that exposes its schedule"),
+    (["cache=dllm_cache", "decoding=wino"], "cache 'dllm_cache' cannot run decoding 'wino'"),
+    (["model=fixture_dream_tiny", "decoding=wino"], "decoding 'wino' is defined for llada models, not dream"),
 ])
 def test_invalid_values_fail_with_their_name(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dllm_bench import generate, load_model
-from dllm_bench.decoding import CACHES, RULES, build_plugins, graphs_unsupported
+from dllm_bench.decoding import CACHES, RULES, build_plugins, graphs_unsupported, pair_unsupported
 from dllm_bench.decoding.graphs import clear_static_buffers
 from fixture_paths import DREAM_TINY, LLADA_TINY
 
@@ -26,7 +26,7 @@ def models():
     out = {"llada": load_model(LLADA_TINY), "dream": load_model(DREAM_TINY)}
     for m in out.values():
         m.forward_calls = []
-        m.register_forward_hook(lambda *a, m=m: m.forward_calls.append(1))
+        m.register_forward_pre_hook(lambda *a, m=m: m.forward_calls.append(1))  # counts forwards that raise too
     return out
 
 
@@ -58,13 +58,19 @@ def _pairs():
 
 
 def _run_or_refusal(model, prompts, kw):
-    """The result, or None when the pair is refused (one line, before any forward)."""
+    """The result, or None when the pair is refused (one line, before any forward, and already by
+    ``pair_unsupported``, which needs no model: a sweep's config check refuses the cell)."""
     before = len(model.forward_calls)
+    plugin_kw = {k: v for k, v in kw.items() if k not in SHAPE and k not in ("cache", "decoding", "on_step")}
+    why = pair_unsupported(*build_plugins(kw["cache"], kw["decoding"], **plugin_kw), model.config.arch)
     try:
-        return generate(model, prompts, **kw)
+        result = generate(model, prompts, **kw)
     except ValueError as e:
         assert "\n" not in str(e) and len(model.forward_calls) == before, f"refused late or in many lines: {e}"
+        assert why == str(e), f"refused at run time but not by pair_unsupported: {e}"
         return None
+    assert why is None, f"pair_unsupported refuses a pair that runs: {why}"
+    return result
 
 
 @pytest.mark.parametrize("arch,cache,rule", list(_pairs()))

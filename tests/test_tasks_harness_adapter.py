@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import dllm_bench
+from dllm_bench.decoding import RULES
 from dllm_bench.models.layers import ModelConfig
 from dllm_bench.tasks.harness import DllmBenchLM
 from dllm_bench.tasks.protocol import EvalProtocol
-from fixture_paths import ROOT
+from fixture_paths import DREAM_TINY, ROOT
 from test_tasks_tokens import char_tokenizer
 
 torch.set_num_threads(1)
@@ -104,6 +105,30 @@ def test_bad_model_args(tiny):
         DllmBenchLM(pretrained="/no/such/folder", protocol="paper")  # before any loading
     with pytest.raises(ValueError, match="unknown model family 'gpt2'"):
         DllmBenchLM(pretrained="/no/such/folder", family="gpt2")
+    with pytest.raises(ValueError, match="cache 'dllm_cache' cannot run decoding 'wino'"):
+        DllmBenchLM(model=model, tokenizer=tok, cache="dllm_cache", decoding="wino")
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_every_rule_runs_with_its_own_defaults(tiny, rule):
+    """Adapter arguments not given (threshold, factor, remasking) leave the rule's defaults alone."""
+    model, tok = tiny
+    try:
+        RULES.build(rule)
+    except ValueError:
+        pytest.skip(f"{rule} has required arguments")
+    lm = DllmBenchLM(model=model, tokenizer=tok, decoding=rule, gen_length=8, block_length=8, steps=8,
+                     show_speed=False)
+    out = lm.generate_until(_requests(["1="], []))
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_a_pair_the_checkpoint_cannot_run_is_refused_before_loading(monkeypatch):
+    import dllm_bench
+
+    monkeypatch.setattr(dllm_bench, "load_model", lambda *a, **k: pytest.fail("loaded before refusing"))
+    with pytest.raises(ValueError, match="decoding 'wino' is defined for llada models, not dream"):
+        DllmBenchLM(pretrained=str(DREAM_TINY), decoding="wino")
 
 
 def test_simple_evaluate_by_name_on_local_task(tiny, tmp_path):

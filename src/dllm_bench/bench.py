@@ -21,10 +21,11 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from .decoding import CACHES, DecodeState, WindowCache, build_plugins, generate, graphs_unsupported
+from .decoding import CACHES, DecodeState, WindowCache, build_plugins, generate, graphs_unsupported, pair_unsupported
 from .decoding.graphs import StaticBuffers, clear_static_buffers
 from .metrics.timing import LoadMeter, device_name, peak_memory_bytes, percentile, reset_peak, synchronize
 from .models import build_model, load_model
@@ -167,13 +168,30 @@ def validate(args) -> torch.device:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.gen_length % args.block_length:
         raise SystemExit(f"error: --gen-length {args.gen_length} is not a multiple of --block-length {args.block_length}")
+    arch = model_family(args)
     try:
-        for name in cache_names(args):  # every plugin built once: bad names / arguments fail here
-            build_plugins(name, args.decoding, **plugin_args(args))
+        for name in cache_names(args):  # every plugin built once: bad names / arguments / pairs fail here
+            pair = build_plugins(name, args.decoding, **plugin_args(args))
+            if arch and (why := pair_unsupported(*pair, arch)):
+                raise ValueError(why)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     resolve_dtype(args.dtype)
     return device
+
+
+def model_family(args) -> str | None:
+    """The model family ("llada" / "dream") read from the config alone, where that is local (None for
+    a hub id: the engine checks the pairs again once the model is loaded)."""
+    from .models.loading import family_of, read_config
+
+    try:
+        if args.model:
+            return read_config(args.model)[1].arch if Path(args.model).is_dir() else None
+        raw = PRESETS[args.random_weights] if args.random_weights else json.loads(Path(args.config).read_text())
+        return family_of(raw).parse_config(raw).arch
+    except (ValueError, OSError, TypeError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def build(args, device):

@@ -231,7 +231,7 @@ def validate(cfg, check_device: bool = True) -> None:
     on another machine)."""
     import torch
 
-    from .decoding.generate import graphs_unsupported
+    from .decoding.generate import graphs_unsupported, pair_unsupported
     from .models.loading import _DTYPES
     from .tasks.protocol import PROTOCOLS
 
@@ -258,6 +258,8 @@ def validate(cfg, check_device: bool = True) -> None:
         bad.append(f"steps is required with decoding={rule.name}")
     if not math.isfinite(cfg.cfg_scale) or cfg.cfg_scale < 0:
         bad.append(f"cfg_scale={cfg.cfg_scale} must be a finite number >= 0")
+    if cache is not None and rule is not None and cfg.model.family in FAMILIES:
+        bad.append(pair_unsupported(cache, rule, cfg.model.family))
     if cfg.graphs and cache is not None and rule is not None:
         bad.append((why := graphs_unsupported(cache, rule, cfg.cfg_scale)) and f"graphs=true {why}")
     for alias in ("threshold", "factor"):  # top-level aliases the rule does not read (else it reports them)

@@ -10,9 +10,9 @@ from .registry import CACHES, RULES, Plugin, Registry, from_spec
 from .caches import Cache, WindowCache
 from .rules import Rule
 from .state import Decision, DecodeState, Extra, Plan, Prediction
-from .generate import GenerationResult, build_plugins, generate, graphs_unsupported
+from .generate import GenerationResult, build_plugins, generate, graphs_unsupported, pair_unsupported
 from .loop import StepInfo, block_loop
 
 __all__ = ["CACHES", "RULES", "Cache", "Decision", "DecodeState", "Extra", "GenerationResult", "Plan", "Plugin",
            "Prediction", "Registry", "Rule", "StepInfo", "from_spec", "WindowCache", "block_loop", "build_plugins", "generate",
-           "graphs_unsupported"]
+           "graphs_unsupported", "pair_unsupported"]

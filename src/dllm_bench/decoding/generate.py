@@ -136,6 +136,23 @@ def graphs_unsupported(cache: Cache, rule: Rule, cfg_scale: float = 0.0) -> str 
     return None
 
 
+def pair_unsupported(cache: Cache, rule: Rule, arch: str) -> str | None:
+    """Why this cache and rule cannot run together on a model of family ``arch`` ("llada",
+    "dream"), or None when they can: each plugin's ``check_pair``. Needs no model (config checks
+    call it for every cell of a sweep); ``generate`` refuses such a pair before any forward."""
+    from ..models.loading import FAMILIES
+
+    if arch not in FAMILIES:
+        return f"unknown model family {arch!r} (valid: {', '.join(FAMILIES)})"
+    profile = FAMILIES[arch].PROFILE
+    try:
+        cache.check_pair(rule, arch, profile)
+        rule.check_pair(cache, arch, profile)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 @torch.no_grad()
 def generate(model, prompt_ids, *, gen_length: int, block_length: int | None = None,
              steps: int | None = None, cache: str | Cache = "none", decoding: str | Rule = "fixed",

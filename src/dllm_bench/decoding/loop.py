@@ -189,6 +189,8 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
     (see ``graphs.py``); ``generate`` checks that the cache and rule allow it.
     """
     model, cfg, profile = state.model, state.config, state.profile
+    cache.check_pair(rule, cfg.arch, profile)  # before any buffer or forward
+    rule.check_pair(cache, cfg.arch, profile)
     mask_id, P = state.mask_id, state.prompt_len
     B, L = state.x.shape
     guided = state.cfg_scale > 0

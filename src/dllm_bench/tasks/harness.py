@@ -71,23 +71,42 @@ def _dist_env() -> tuple[int, int, int]:
     return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 
+def _local_family(pretrained) -> str | None:
+    """The model family of a local checkpoint folder's config.json (None for a hub id)."""
+    from ..models.loading import read_config
+
+    if pretrained is None or not Path(pretrained).is_dir():
+        return None
+    try:
+        return read_config(pretrained)[1].arch
+    except (ValueError, OSError):
+        return None  # load_model reports it
+
+
 class DllmBenchLM(LM):
     """lm-eval ``LM`` backed by ``dllm_bench.load_model`` + ``dllm_bench.generate``."""
 
     def __init__(self, pretrained: str | None = None, model=None, tokenizer=None, gen_length: int = 256,
                  block_length: int | None = 32, steps: int | None = None, cache: str = "none",
                  decoding: str = "fixed", threshold: float | None = None, factor: float | None = None,
-                 remasking: str = "low_confidence", stop_at_eos: bool = False, cfg_scale: float = 0.0,
+                 remasking: str | None = None, stop_at_eos: bool = False, cfg_scale: float = 0.0,
                  protocol: str = "reference",
                  instruct: bool | None = None, chat: bool | None = None, family: str | None = None,
                  dtype: str | None = None, device: str | None = None, batch_size: int | str = 1,
                  max_batch_size: int | None = None, warmup: bool = True, timing_path: str | None = None,
                  seed: int = 0, show_speed: bool = True, **plugin_args):
         super().__init__()
-        from ..decoding import build_plugins
+        from ..decoding import build_plugins, pair_unsupported
 
-        try:  # the cache's and rule's own arguments (e.g. gamma=0.01): checked before the model loads
-            build_plugins(cache, decoding, threshold=threshold, factor=factor, remasking=remasking, **plugin_args)
+        # threshold / factor / remasking given only when set: the rule's own default applies otherwise
+        # (e.g. WINO's threshold, random_order's remasking)
+        plugin_args.update({k: v for k, v in dict(threshold=threshold, factor=factor, remasking=remasking).items()
+                            if v is not None})
+        try:  # the cache's and rule's own arguments (e.g. gamma=0.01) and the pair: before the model loads
+            pair = build_plugins(cache, decoding, **plugin_args)
+            arch = family or (model.config.arch if model is not None else _local_family(pretrained))
+            if arch and (why := pair_unsupported(*pair, arch)):
+                raise ValueError(why)
         except ValueError as e:
             valid = ", ".join(("pretrained", *_GENERATE_ARGS, *_OTHER_ARGS[1:]))
             raise ValueError(f"dllm_bench model args: {e}; adapter args: {valid}") from None
@@ -125,8 +144,7 @@ class DllmBenchLM(LM):
         self.instruct = "instruct" in self.name.lower() if instruct is None else bool(instruct)
         self.protocol = EvalProtocol(protocol, family or model.config.arch, self.instruct)
         self.gen_settings = dict(gen_length=gen_length, block_length=block_length, steps=steps, cache=cache,
-                                 decoding=decoding, threshold=threshold, factor=factor, remasking=remasking,
-                                 stop_at_eos=stop_at_eos, cfg_scale=cfg_scale, **plugin_args)
+                                 decoding=decoding, stop_at_eos=stop_at_eos, cfg_scale=cfg_scale, **plugin_args)
         self.eos_ids = stop_token_ids(tokenizer, model.config.eos_token_id)
         self.warmup, self.seed, self.show_speed = warmup, seed, show_speed
         self.timing_path = Path(timing_path) if timing_path else None

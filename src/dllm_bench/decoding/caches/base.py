@@ -37,6 +37,11 @@ class Cache(Plugin):
     early_exit: ClassVar[bool] = False
     supports_graphs: ClassVar[bool] = False
 
+    def check_pair(self, rule, arch: str, profile) -> None:
+        """Refuse (one-line ValueError) a rule or model family (``arch``, its ``DecodingProfile``)
+        this policy cannot run with. Needs no model: a sweep checks every cell with it before its
+        first job (``dllm_bench.decoding.pair_unsupported``)."""
+
     def setup(self, state: DecodeState) -> None:
         """Once per generate(), before any forward: check the model / shape, reset own state."""
 

@@ -86,11 +86,13 @@ class DKVDecode(Cache):
     def interval(self) -> int:
         return int(self.cache_reloading_step or self.cache_steps or 8)
 
+    def check_pair(self, rule, arch, profile):
+        if self.shift_type is not None and not profile.shift_logits:
+            raise ValueError(f"shift_type={self.shift_type!r} applies to models with shifted logits (Dream); "
+                             f"{arch} caches a position once its own token is decoded")
+
     def setup(self, state):
         shifted = state.profile.shift_logits
-        if self.shift_type is not None and not shifted:
-            raise ValueError(f"shift_type={self.shift_type!r} applies to models with shifted logits (Dream); "
-                             f"{state.config.arch} caches a position once its own token is decoded")
         self.shift = (self.shift_type or "un") if shifted else None
 
     def begin_block(self, state):

@@ -59,14 +59,13 @@ class DKVGreedy(Cache):
         check_number("cache_reloading_step", self.cache_reloading_step, lo=1, integer=True)
         check_number("window_size", self.window_size, lo=0, integer=True)
 
-    def setup(self, state):
-        rule = state.rule
+    def check_pair(self, rule, arch, profile):
         if not callable(getattr(rule, "schedule", None)):
             raise ValueError(f"cache 'dkv_greedy' feeds what the next step will decode, so it needs a rule that "
                              f"exposes its schedule (decoding=random_order); got decoding {getattr(rule, 'name', rule)!r}")
-        if state.profile.shift_logits:
+        if profile.shift_logits:
             raise ValueError(f"cache 'dkv_greedy' is defined for models without shifted logits (LLaDA), "
-                             f"not {state.config.arch}; use cache=dkv_decode")
+                             f"not {arch}; use cache=dkv_decode")
 
     def begin_block(self, state):
         self.was_masked = None

@@ -53,6 +53,11 @@ class DLLMCache(Cache):
             check_number(name, getattr(self, name), lo=1, integer=True)
         check_number("transfer_ratio", self.transfer_ratio, lo=0, hi=1)
 
+    def check_pair(self, rule, arch, profile):
+        if rule.adds_queries:
+            raise ValueError(f"cache 'dllm_cache' cannot run decoding {rule.name!r}: the rule adds query tokens to "
+                             f"forwards, and the cache reuses per-layer features of sequence positions only")
+
     def setup(self, state):
         blocks = getattr(state.model, "blocks", None)
         if blocks is None or not all(hasattr(b, "attn") and hasattr(b, "mlp") for b in blocks):

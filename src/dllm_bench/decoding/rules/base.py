@@ -29,7 +29,8 @@ class Rule(Plugin):
     uses_steps (the rule spends a step budget, ``steps``); exit_when_done (a block ends when it
     has no mask left; False: the whole budget runs unless the cache exits early); supports_graphs (``predict`` and the
     decision need no host-side state that a replayed graph would miss); families (model
-    families the rule is defined for).
+    families the rule is defined for); adds_queries (``extra_queries`` appends query tokens to
+    forwards: a cache that feeds sequence positions only refuses the rule).
     """
 
     temperature: float = 0.0
@@ -40,18 +41,24 @@ class Rule(Plugin):
     exit_when_done: ClassVar[bool] = True
     supports_graphs: ClassVar[bool] = True
     families: ClassVar[tuple[str, ...]] = ("llada", "dream")
+    adds_queries: ClassVar[bool] = False
     score: ClassVar[str] = "prob"   # confidence used by the default predict: "prob" | "margin" | "neg_entropy"
 
     def check(self) -> None:
         check_number("temperature", self.temperature, lo=0)
         check_choice("remasking", self.remasking, REMASKINGS)
 
+    def check_pair(self, cache, arch: str, profile) -> None:
+        """Refuse (one-line ValueError) a cache or model family (``arch``, its ``DecodingProfile``)
+        this rule cannot run with. Needs no model: a sweep checks every cell with it before its
+        first job (``dllm_bench.decoding.pair_unsupported``)."""
+        if arch not in self.families:
+            raise ValueError(f"decoding {self.name!r} is defined for {', '.join(self.families)} models, not {arch}")
+
     # ---------------------------------------------------------------- engine-facing protocol
     def setup(self, state: DecodeState) -> None:
-        """Once per generate(), before any forward: check the model family / shape, reset state."""
-        if state.config.arch not in self.families:
-            raise ValueError(f"decoding {self.name!r} is defined for {', '.join(self.families)} models, "
-                             f"not {state.config.arch}")
+        """Once per generate(), before any forward: check the shape, reset state (the pair and the
+        model family were checked by ``check_pair``)."""
         if self.uses_steps and state.steps is None:
             raise ValueError(f"steps is required for decoding={self.name!r}")
 

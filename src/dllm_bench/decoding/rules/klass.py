@@ -101,12 +101,14 @@ class Klass(Rule):
             raise ValueError(f"decoding 'klass' ranks by its own confidence; remasking={self.remasking!r} "
                              f"is not supported (use low_confidence)")
 
+    def check_pair(self, cache, arch, profile):
+        super().check_pair(cache, arch, profile)
+        if self.top_p is not None and VARIANTS[arch].quota_fallback:
+            raise ValueError(f"top_p={self.top_p!r} filters Dream's one-token fallback; {arch}'s KLASS fallback has none")
+
     def setup(self, state):
         super().setup(state)
         self.v = VARIANTS[state.config.arch]
-        if self.top_p is not None and self.v.quota_fallback:
-            raise ValueError(f"top_p={self.top_p!r} filters Dream's one-token fallback; "
-                             f"{state.config.arch}'s KLASS fallback has none")
         self.spb = state.steps_per_block
         self.lp_prev = None  # (B, G, V) log(previous probabilities + eps), float64
         self.hist = torch.zeros((state.batch, state.gen_length, int(self.kl_history_length)),

@@ -48,6 +48,7 @@ class Wino(Rule):
     threshold_back: float = 0.9
 
     families: ClassVar[tuple[str, ...]] = ("llada",)
+    adds_queries: ClassVar[bool] = True  # the shadow block
     supports_graphs: ClassVar[bool] = False  # extra query tokens take the general forward path
 
     def check(self):
