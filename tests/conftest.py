@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fixture_paths import FIXTURES, ROOT
+from fixture_paths import FIXTURES, LLADA_TINY, ROOT
 
 CONF = ROOT / "conf"
 # the fixture model, a few short samples, one thread, no W&B
@@ -21,6 +21,22 @@ TINY = ["model=fixture_llada_tiny", "logger=none", "n_samples=2", "batch_size=2"
         "block_length=16", "num_threads=1", "progress=false"]
 
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "llada_tiny").is_dir(), reason="../shared/fixtures missing")
+
+
+def count_forwards(model):
+    """``model.forward_calls`` grows by one as each forward starts (one that raises counts too), for
+    tests that a refusal comes before any forward."""
+    model.forward_calls = []
+    model.register_forward_pre_hook(lambda *a: model.forward_calls.append(1))
+    return model
+
+
+@pytest.fixture(scope="module")
+def counted_llada():
+    """The fixture LLaDA with ``forward_calls`` (see ``count_forwards``)."""
+    from dllm_bench import load_model
+
+    return count_forwards(load_model(LLADA_TINY))
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,7 +13,7 @@ from dllm_bench import generate, load_model
 from dllm_bench.decoding import CACHES, RULES, Rule, WindowCache
 from dllm_bench.decoding.registry import check_number
 from dllm_bench.decoding.rules import first_plus
-from conftest import run_cli
+from conftest import count_forwards, run_cli
 from fixture_paths import LLADA_TINY
 
 
@@ -91,8 +91,7 @@ def test_new_plugins_pass_the_contract_tests(model):
     for registry, name in ((RULES, "margin"), (CACHES, "lookahead")):
         contract.test_bad_arguments_fail_at_construction_in_one_line(registry, name)
     models = {"llada": model}
-    model.forward_calls = []
-    model.register_forward_hook(lambda *a: model.forward_calls.append(1))
+    count_forwards(model)
     for cache, rule in (("lookahead", "margin"), ("lookahead", "threshold"), ("dual", "margin")):
         contract.test_pair_is_batch_invariant_or_refused(models, "llada", cache, rule)
         contract.test_static_path_equals_eager_or_is_refused(models, "llada", cache, rule)

@@ -13,12 +13,8 @@ OK = dict(gen_length=16, block_length=8, steps=8, cache="dual", decoding="fixed"
 
 
 @pytest.fixture(scope="module")
-def model():
-    m = load_model(LLADA_TINY)
-    calls = []
-    m.register_forward_hook(lambda *a: calls.append(1))
-    m.forward_calls = calls
-    return m
+def model(counted_llada):
+    return counted_llada
 
 
 @pytest.mark.parametrize("override,needle", [

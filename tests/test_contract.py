@@ -16,6 +16,7 @@ import torch
 from dllm_bench import generate, load_model
 from dllm_bench.decoding import CACHES, RULES, build_plugins, graphs_unsupported, pair_unsupported
 from dllm_bench.decoding.graphs import clear_static_buffers
+from conftest import count_forwards
 from fixture_paths import DREAM_TINY, LLADA_TINY
 
 SHAPE = dict(gen_length=16, block_length=8, steps=8)
@@ -25,8 +26,7 @@ SHAPE = dict(gen_length=16, block_length=8, steps=8)
 def models():
     out = {"llada": load_model(LLADA_TINY), "dream": load_model(DREAM_TINY)}
     for m in out.values():
-        m.forward_calls = []
-        m.register_forward_pre_hook(lambda *a, m=m: m.forward_calls.append(1))  # counts forwards that raise too
+        count_forwards(m)
     return out
 
 

@@ -135,12 +135,8 @@ def test_mask_token_never_committed(arch):
 
 
 @pytest.fixture(scope="module")
-def counted():
-    m = load_model(LLADA_TINY)
-    calls = []
-    m.register_forward_hook(lambda *a: calls.append(1))
-    m.forward_calls = calls
-    return m
+def counted(counted_llada):
+    return counted_llada
 
 
 @pytest.mark.parametrize("override,needle", [

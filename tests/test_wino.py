@@ -13,18 +13,15 @@ import torch
 
 from dllm_bench import build_model, generate, load_model
 from dllm_bench.models.kv import Where
+from conftest import count_forwards
 from fixture_paths import DREAM_TINY, FIXTURES, LLADA_TINY
 
 GOLDEN = json.loads((FIXTURES / "methods" / "wino.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def llada():
-    m = load_model(LLADA_TINY)
-    calls = []
-    m.register_forward_hook(lambda *a: calls.append(1))
-    m.forward_calls = calls
-    return m
+def llada(counted_llada):
+    return counted_llada
 
 
 def _prompts(lengths, seed=0, hi=380):
@@ -221,11 +218,10 @@ def test_extra_tokens_are_attended_but_never_stored():
 
 def test_dream_is_refused_before_any_forward():
     model = load_model(DREAM_TINY)
-    calls = []
-    model.register_forward_hook(lambda *a: calls.append(1))
+    count_forwards(model)
     with pytest.raises(ValueError, match="defined for llada models, not dream") as err:
         generate(model, torch.tensor([[1, 2, 3]]), gen_length=8, block_length=4, decoding="wino")
-    assert "\n" not in str(err.value) and not calls
+    assert "\n" not in str(err.value) and not model.forward_calls
 
 
 @pytest.mark.parametrize("override,needle", [
