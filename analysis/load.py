@@ -82,11 +82,17 @@ def load_sweeps(paths) -> pd.DataFrame:
     return _numeric(df[_ordered(df.columns)])
 
 
+# totals over a cell's samples (a sharded cell's value is the sum of its shards'); plugin counters
+# (`stat_*`) too
+SUMMED = ("n_samples", "generated_tokens", "accuracy_pass_s", "timed_samples", "load_s", "layer_tokens_computed",
+          "agreement_n", "agreement_extra_forwards", "agreement_extra_s")
+
+
 def merge_shards(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: the jobs of a cell run in shards (config `shard` = "i/n", the same overrides
     otherwise, or the same config where overrides are unknown) become one row, where the first shard stood. With every shard ok, its metrics are
-    those of the whole cell: sums (n_samples, generated_tokens, accuracy_pass_s, timed_samples,
-    load_s), maxima (peak and KV-cache bytes), tokens_per_forward recomputed from the sums, and every
+    those of the whole cell: sums (``SUMMED``: sample and token counts, pass times, layer x token
+    work, the agreement pass's samples and cost, plugin counters ``stat_*``), maxima (peak and KV-cache bytes), tokens_per_forward recomputed from the sums, and every
     other metric (speed medians and quartiles of each shard's own timed pass included) averaged
     weighted by n_samples; `job_dir` joins the shards' folders with " + ", and
     `config_hash` is None. A cell missing a shard, or with a failed one, is one row with status
@@ -132,9 +138,9 @@ def merge_shards(df: pd.DataFrame) -> pd.DataFrame:
         size = m["metrics.n_samples"]
         for c, v in m.items():
             merged[c] = float((v * size).sum() / size.sum()) if v.notna().all() else None
-        for c in ("n_samples", "generated_tokens", "accuracy_pass_s", "timed_samples", "load_s"):
-            if f"metrics.{c}" in m:
-                merged[f"metrics.{c}"] = m[f"metrics.{c}"].sum()
+        for c in m:
+            if c.removeprefix("metrics.") in SUMMED or c.startswith("metrics.stat_"):
+                merged[c] = m[c].sum()
         for c in ("peak_memory_bytes", "kv_cache_bytes"):
             if f"metrics.{c}" in m:
                 merged[f"metrics.{c}"] = m[f"metrics.{c}"].max()

@@ -56,7 +56,8 @@ def test_bad_shard_or_protocol_stops_before_anything_is_written(tmp_path, overri
 def test_two_shards_give_the_unsharded_samples_and_scores(tmp_path):
     from analysis import load_sweep
 
-    cell = [*TINY, "model=llada_tiny_arith", "gen_length=64", "n_samples=3", "batch_size=2", f"sweeps_dir={tmp_path}"]
+    cell = [*TINY, "model=llada_tiny_arith", "gen_length=64", "n_samples=3", "batch_size=2", f"sweeps_dir={tmp_path}",
+            "measure.agreement=true"]
     whole = run_cli([*cell, "sweep_name=whole"], tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
     shards = run_cli(["-m", *cell, "sweep_name=sharded", "shard=0/2,1/2"], tmp_path)
@@ -69,7 +70,8 @@ def test_two_shards_give_the_unsharded_samples_and_scores(tmp_path):
     a, b = load_sweep(tmp_path / "whole"), load_sweep(tmp_path / "sharded")
     assert len(b) == 1 and b.loc[0, "status"] == "ok" and b.loc[0, "shard"] is None
     assert [d.rsplit(",", 1)[-1] for d in b.loc[0, "job_dir"].split(" + ")] == ["shard=0_2", "shard=1_2"]
-    for m in ("accuracy", "n_samples", "generated_tokens", "nfe_mean", "tokens_per_forward", "cache_refreshes_mean"):
+    for m in ("accuracy", "n_samples", "generated_tokens", "nfe_mean", "tokens_per_forward", "cache_refreshes_mean",
+              "layer_tokens_computed", "agreement_n", "agreement_extra_forwards", "agreement_tokens"):
         assert b.loc[0, f"metrics.{m}"] == pytest.approx(a.loc[0, f"metrics.{m}"]), m
     assert a.loc[0, "metrics.accuracy"] > 0  # the trained tiny model: a score that can differ
     assert b.loc[0, "metrics.latency_s_median"] > 0 and b.loc[0, "metrics.tokens_per_s"] > 0
