@@ -85,7 +85,7 @@ def load_sweeps(paths) -> pd.DataFrame:
 # totals over a cell's samples (a sharded cell's value is the sum of its shards'); plugin counters
 # (`stat_*`) too
 SUMMED = ("n_samples", "generated_tokens", "accuracy_pass_s", "timed_samples", "load_s", "layer_tokens_computed",
-          "agreement_n", "agreement_extra_forwards", "agreement_extra_s")
+          "layer_tokens_total", "agreement_n", "agreement_extra_forwards", "agreement_extra_s")
 
 
 def merge_shards(df: pd.DataFrame) -> pd.DataFrame:
@@ -145,6 +145,8 @@ def merge_shards(df: pd.DataFrame) -> pd.DataFrame:
             if f"metrics.{c}" in m:
                 merged[f"metrics.{c}"] = m[f"metrics.{c}"].max()
         merged["metrics.tokens_per_forward"] = m["metrics.generated_tokens"].sum() / (m["metrics.nfe_mean"] * size).sum()
+        if merged.get("metrics.layer_tokens_total"):
+            merged["metrics.compute_skipped"] = 1 - merged["metrics.layer_tokens_computed"] / merged["metrics.layer_tokens_total"]
         out.append(merged)
     return pd.DataFrame(out)
 

@@ -84,6 +84,7 @@ def fake_metrics(cfg: dict, rng: random.Random, spread: float | None = None) -> 
         "timed_samples": min(n, cfg["batch_size"]), "timing_repeats": 3, "remasked_mean": 0.0,
         "load_1m": 1.0, "load_other_cpu": 0.1, "cpus": 8, "torch_threads": 1,
         "layer_tokens_computed": round(nfe * n * 4 * (gen + 32) * (1 if cache == "none" else 0.4)),
+        "layer_tokens_total": round(nfe * n * 4 * (gen + 32)),
         "compute_skipped": 0.0 if cache == "none" else 0.6,
         "load_s": 0.4, "task_solution_exact": acc, "task_steps_correct": min(1.0, acc + 0.1),
     }

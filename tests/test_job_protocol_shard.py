@@ -71,7 +71,7 @@ def test_two_shards_give_the_unsharded_samples_and_scores(tmp_path):
     assert len(b) == 1 and b.loc[0, "status"] == "ok" and b.loc[0, "shard"] is None
     assert [d.rsplit(",", 1)[-1] for d in b.loc[0, "job_dir"].split(" + ")] == ["shard=0_2", "shard=1_2"]
     for m in ("accuracy", "n_samples", "generated_tokens", "nfe_mean", "tokens_per_forward", "cache_refreshes_mean",
-              "layer_tokens_computed", "agreement_n", "agreement_extra_forwards", "agreement_tokens"):
+              "layer_tokens_computed", "compute_skipped", "agreement_n", "agreement_extra_forwards", "agreement_tokens"):
         assert b.loc[0, f"metrics.{m}"] == pytest.approx(a.loc[0, f"metrics.{m}"]), m
     assert a.loc[0, "metrics.accuracy"] > 0  # the trained tiny model: a score that can differ
     assert b.loc[0, "metrics.latency_s_median"] > 0 and b.loc[0, "metrics.tokens_per_s"] > 0

@@ -182,7 +182,7 @@ def compute_metrics(stats: dict) -> dict:
     done, total = stats.get("layer_tokens_computed"), stats.get("layer_tokens_total")
     out = {f"stat_{k}": v for k, v in stats.items() if k not in ("layer_tokens_computed", "layer_tokens_total")}
     if done is not None and total:
-        out.update(layer_tokens_computed=done, compute_skipped=1 - done / total)
+        out.update(layer_tokens_computed=done, layer_tokens_total=total, compute_skipped=1 - done / total)
     return out
 
 
