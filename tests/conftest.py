@@ -31,6 +31,17 @@ def count_forwards(model):
     return model
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is fastest and does not fight other jobs for the cores (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def counted_llada():
     """The fixture LLaDA with ``forward_calls`` (see ``count_forwards``)."""

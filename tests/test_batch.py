@@ -4,7 +4,8 @@ import itertools
 import pytest
 import torch
 
-from dllm_bench import build_model, generate, load_model
+from dllm_bench import generate, load_model
+from engine_helpers import gqa_model, random_prompts, rows_equal_single
 from fixture_paths import DREAM_TINY, LLADA_TINY
 
 SETTINGS = {  # decoding -> extra kwargs (chosen so the tiny random models take several steps)
@@ -19,17 +20,8 @@ def models():
     return {"llada": load_model(LLADA_TINY), "dream": load_model(DREAM_TINY)}
 
 
-def _prompts(vocab_hi: int, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab_hi, (n,), generator=g) for n in lengths]
-
-
 def _check_rows(model, prompts, **kw):
-    batch = generate(model, prompts, **kw)
-    for i, p in enumerate(prompts):
-        single = generate(model, p[None], **kw)
-        assert batch.tokens[i].tolist() == single.tokens[0].tolist(), f"row {i} differs ({kw})"
-        assert batch.nfe_per_row[i] == single.nfe, f"row {i} nfe differs ({kw})"
+    batch, _ = rows_equal_single(model, prompts, **kw)
     assert batch.nfe >= max(batch.nfe_per_row)  # blocks are synchronised across rows
 
 
@@ -37,7 +29,7 @@ def _check_rows(model, prompts, **kw):
     ["llada", "dream"], ["none", "prefix", "dual"], list(SETTINGS))))
 def test_batch_rows_equal_batch_one(models, arch, cache, decoding):
     model = models[arch]
-    prompts = _prompts(380, [5, 17, 11])
+    prompts = random_prompts([5, 17, 11])
     _check_rows(model, prompts, gen_length=16, block_length=8, steps=8, cache=cache, decoding=decoding,
                 **SETTINGS[decoding])
 
@@ -45,13 +37,13 @@ def test_batch_rows_equal_batch_one(models, arch, cache, decoding):
 @pytest.mark.parametrize("decoding", ["fixed", "threshold"])
 def test_dream_nonblocked_batch(models, decoding):
     kw = {"threshold": 0.7} if decoding == "threshold" else {}
-    _check_rows(models["dream"], _prompts(380, [9, 4, 13], seed=1), gen_length=16, block_length=None,
+    _check_rows(models["dream"], random_prompts([9, 4, 13], seed=1), gen_length=16, block_length=None,
                 steps=4, cache="none", decoding=decoding, **kw)
 
 
 def test_padded_tensor_with_attention_mask_equals_list(models):
     model = models["llada"]
-    prompts = _prompts(380, [3, 8], seed=2)
+    prompts = random_prompts([3, 8], seed=2)
     ids = torch.full((2, 8), 0, dtype=torch.long)
     mask = torch.zeros((2, 8), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -65,15 +57,7 @@ def test_padded_tensor_with_attention_mask_equals_list(models):
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 def test_gqa_random_model_batch_invariance(arch):
     """A shape the fixtures do not cover: GQA with 8 query heads on 2 KV heads."""
-    raw = {"model_type": "llada", "d_model": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2,
-           "mlp_hidden_size": 96, "vocab_size": 200, "embedding_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0} if arch == "llada" else \
-          {"model_type": "Dream", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8,
-           "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0}
-    model = build_model(raw, seed=3)
-    with torch.no_grad():  # sharpen the random model so confidences spread over 0..1
-        model.lm_head.weight.mul_(40)
+    model = gqa_model(arch)
     for cache in ["none", "prefix", "dual"]:
-        _check_rows(model, _prompts(198, [6, 2, 10], seed=4), gen_length=12, block_length=4, steps=12,
+        _check_rows(model, random_prompts([6, 2, 10], seed=4, hi=198), gen_length=12, block_length=4, steps=12,
                     cache=cache, decoding="threshold", threshold=0.5)

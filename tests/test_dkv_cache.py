@@ -9,11 +9,12 @@ import random
 import pytest
 import torch
 
-from dllm_bench import build_model, generate, load_model
+from dllm_bench import generate, load_model
 from dllm_bench.config import build_plugins
 from dllm_bench.decoding.caches.dkv_greedy import add_windows
 from dllm_bench.decoding.rules.random_order import RandomOrder
 from conftest import compose
+from engine_helpers import gqa_model, random_prompts, rows_equal_single
 from fixture_paths import DREAM_TINY, FIXTURES, LLADA_TINY
 
 GOLDEN = FIXTURES / "methods" / "dkv_cache.json"
@@ -26,31 +27,17 @@ def models():
 
 @pytest.fixture(scope="module")
 def gqa_llada():
-    raw = {"model_type": "llada", "d_model": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2,
-           "mlp_hidden_size": 96, "vocab_size": 200, "embedding_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0}
-    model = build_model(raw, seed=3)
-    with torch.no_grad():  # sharpen the random model so confidences spread over 0..1
-        model.lm_head.weight.mul_(40)
-    return model
+    return gqa_model()
 
 
 def _cases(variant):
     return [c for c in json.loads(GOLDEN.read_text())["cases"] if c["variant"] == variant]
 
 
-def _prompts(vocab_hi, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab_hi, (n,), generator=g) for n in lengths]
-
-
 def _check_rows(model, prompts, **kw):
     """Every row equals its batch-size-1 run; the cost counters add up over the rows."""
-    batch = generate(model, prompts, **kw)
-    singles = [generate(model, p[None], **kw) for p in prompts]
-    for i, single in enumerate(singles):
-        assert batch.tokens[i].tolist() == single.tokens[0].tolist(), f"row {i} differs ({kw})"
-        assert batch.nfe_per_row[i] == single.nfe, f"row {i} nfe differs ({kw})"
+    batch, singles = rows_equal_single(model, prompts, **kw)
+    for single in singles:
         assert (single.tokens[0] != model.config.mask_token_id).all()
     for key in ("layer_tokens_computed", "layer_tokens_total"):
         assert batch.stats[key] == sum(s.stats[key] for s in singles), key
@@ -136,7 +123,7 @@ def test_decode_feeds_what_was_masked_two_states_ago(models):
     """LLaDA: steps 0 and 1 of a block and every cache_reloading_step-th are full forwards; any
     other step feeds exactly the positions masked two states earlier (masked ones, plus the tokens
     decoded at the previous step), in every row of a padded batch."""
-    prompts, crs = _prompts(380, [5, 12], seed=5), 3
+    prompts, crs = random_prompts([5, 12], seed=5), 3
     mask_id = models["llada"].config.mask_token_id
     seen = []
 
@@ -164,7 +151,7 @@ def test_decode_feeds_what_was_masked_two_states_ago(models):
 ])
 def test_refresh_every_step_equals_no_cache(models, arch, decoding, extra):
     kw = dict(gen_length=16, block_length=None if arch == "dream" else 8, steps=8, decoding=decoding, **extra)
-    prompts = _prompts(380, [5, 9], seed=6)
+    prompts = random_prompts([5, 9], seed=6)
     ref = generate(models[arch], prompts, cache="none", **kw)
     got = generate(models[arch], prompts, cache="dkv_decode", cache_reloading_step=1, **kw)
     assert torch.equal(got.tokens, ref.tokens) and got.nfe == ref.nfe
@@ -174,7 +161,7 @@ def test_refresh_every_step_equals_no_cache(models, arch, decoding, extra):
 
 def test_classifier_free_guidance_runs_the_plan_on_both_halves(models):
     kw = dict(gen_length=16, block_length=8, steps=8, decoding="fixed", cfg_scale=1.0)
-    prompts = _prompts(380, [5, 9], seed=7)
+    prompts = random_prompts([5, 9], seed=7)
     ref = generate(models["llada"], prompts, cache="none", **kw)
     every = generate(models["llada"], prompts, cache="dkv_decode", cache_reloading_step=1, **kw)
     assert torch.equal(every.tokens, ref.tokens)
@@ -184,7 +171,7 @@ def test_classifier_free_guidance_runs_the_plan_on_both_halves(models):
 
 def test_counters_of_a_cached_run(models):
     model = models["llada"]
-    res = generate(model, _prompts(380, [7])[0][None], gen_length=16, block_length=16, steps=16,
+    res = generate(model, random_prompts([7])[0][None], gen_length=16, block_length=16, steps=16,
                    cache="dkv_decode", cache_reloading_step=8, decoding="fixed")
     L, n_layers = 7 + 16, model.config.n_layers
     assert res.stats["forward_kinds"] == "FFCCCCCCFCCCCCCC"
@@ -204,8 +191,8 @@ def test_llada_decode_batch_rows_equal_batch_one(models, decoding, extra):
             widths.append(info.plan.valid.sum(-1).tolist())
     kw = dict(gen_length=16, block_length=8, steps=16, cache="dkv_decode", cache_reloading_step=4,
               decoding=decoding, **extra)
-    _check_rows(models["llada"], _prompts(380, [5, 17, 11]), **kw)
-    generate(models["llada"], _prompts(380, [5, 17, 11]), on_step=on_step, **kw)
+    _check_rows(models["llada"], random_prompts([5, 17, 11]), **kw)
+    generate(models["llada"], random_prompts([5, 17, 11]), on_step=on_step, **kw)
     assert widths
     if decoding == "threshold":  # rows decoding at their own pace feed different numbers of positions
         assert any(len(set(w)) > 1 for w in widths)
@@ -213,24 +200,24 @@ def test_llada_decode_batch_rows_equal_batch_one(models, decoding, extra):
 
 @pytest.mark.parametrize("alg,shift_type", list(itertools.product(["maskgit_plus", "topk_margin", "entropy"], ["un", "un_right"])))
 def test_dream_decode_batch_rows_equal_batch_one(models, alg, shift_type):
-    _check_rows(models["dream"], _prompts(380, [9, 4, 13], seed=1), gen_length=16, block_length=None, steps=8,
+    _check_rows(models["dream"], random_prompts([9, 4, 13], seed=1), gen_length=16, block_length=None, steps=8,
                 cache="dkv_decode", cache_steps=3, shift_type=shift_type, decoding="fixed", alg=alg)
 
 
 def test_dream_decode_in_blocks_batch_rows_equal_batch_one(models):
-    batch, _ = _check_rows(models["dream"], _prompts(380, [9, 4, 13], seed=8), gen_length=16, block_length=8,
+    batch, _ = _check_rows(models["dream"], random_prompts([9, 4, 13], seed=8), gen_length=16, block_length=8,
                            steps=8, cache="dkv_decode", cache_steps=2, decoding="fixed", alg="topk_margin")
     assert batch.stats["forward_kinds"] == "FCFC" * 2
 
 
 def test_dream_decode_composes_with_threshold(models):
-    batch, _ = _check_rows(models["dream"], _prompts(380, [9, 4], seed=2), gen_length=16, block_length=None,
+    batch, _ = _check_rows(models["dream"], random_prompts([9, 4], seed=2), gen_length=16, block_length=None,
                            steps=8, cache="dkv_decode", cache_steps=4, decoding="threshold", threshold=0.5)
     assert "C" in batch.stats["forward_kinds"]
 
 
 def test_greedy_batch_rows_equal_batch_one(models):
-    batch, _ = _check_rows(models["llada"], _prompts(380, [5, 17, 11], seed=3), gen_length=16, block_length=8,
+    batch, _ = _check_rows(models["llada"], random_prompts([5, 17, 11], seed=3), gen_length=16, block_length=8,
                            steps=16, cache="dkv_greedy", decoding="random_order", seed=11, cache_reloading_step=4,
                            window_size=2)
     assert batch.stats["forward_kinds"] == "FCCCFCCC" * 2
@@ -242,7 +229,7 @@ def test_gqa_llada(gqa_llada, cache, extra):
     """The authors' LLaDA code indexes cached K/V with a d_model-wide mask and fails when
     n_kv_heads < n_heads; here GQA runs, batch-invariant, and equals no cache at refresh 1."""
     decoding = "random_order" if cache == "dkv_greedy" else "fixed"
-    prompts = _prompts(198, [6, 2, 10], seed=4)
+    prompts = random_prompts([6, 2, 10], seed=4, hi=198)
     kw = dict(gen_length=12, block_length=4, steps=12, decoding=decoding)
     batch, _ = _check_rows(gqa_llada, prompts, cache=cache, **extra, **kw)
     assert "C" in batch.stats["forward_kinds"]
@@ -262,7 +249,7 @@ def test_mask_token_never_decoded(arch, cache, decoding):
         return out
     model.register_forward_hook(favour_mask)
     extra = {"threshold": 0.5} if decoding == "threshold" else {}
-    res = generate(model, _prompts(380, [6, 3]), gen_length=16, block_length=None if arch == "dream" else 8,
+    res = generate(model, random_prompts([6, 3]), gen_length=16, block_length=None if arch == "dream" else 8,
                    steps=8, cache=cache, decoding=decoding, cache_reloading_step=4, **extra)
     assert (res.tokens != mask_id).all()
 
@@ -271,7 +258,7 @@ def test_config_options_build_and_run(models):
     cfg = compose(["cache=dkv_greedy", "decoding=random_order", "cache.window_size=1"])
     cache, rule = build_plugins(cfg)
     assert (cache.name, cache.window_size, rule.name, rule.seed) == ("dkv_greedy", 1, "random_order", 42)
-    res = generate(models["llada"], _prompts(380, [5])[0][None], gen_length=16, block_length=8, steps=8,
+    res = generate(models["llada"], random_prompts([5])[0][None], gen_length=16, block_length=8, steps=8,
                    cache=cache, decoding=rule)
     assert res.stats["forward_kinds"] == "FCFCFCFC"
     cache, _ = build_plugins(compose(["model=fixture_dream_tiny", "cache=dkv_decode", "cache.cache_steps=4",

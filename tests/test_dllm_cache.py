@@ -5,8 +5,9 @@ before any forward. The golden cases themselves run in test_golden.py."""
 import pytest
 import torch
 
-from dllm_bench import build_model, generate, load_model, replay
+from dllm_bench import generate, load_model, replay
 from dllm_bench.decoding import CACHES
+from engine_helpers import gqa_model, random_prompts, rows_equal_single, summed_stats
 from fixture_paths import DREAM_TINY, FIXTURES, LLADA_TINY, ROOT
 
 GOLDEN = FIXTURES / "methods" / "dllm_cache.json"
@@ -18,38 +19,12 @@ def models():
     return {"llada": load_model(LLADA_TINY), "dream": load_model(DREAM_TINY)}
 
 
-def _prompts(vocab_hi, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab_hi, (n,), generator=g) for n in lengths]
-
-
 def _check_rows(model, prompts, **kw):
     """Each row of the batch equals its batch-size-1 run: tokens, forwards, and the cache's
     counters (per-row, so the batch's are the sum of the rows')."""
-    batch = generate(model, prompts, cache="dllm_cache", **kw)
-    total = {}
-    for i, p in enumerate(prompts):
-        single = generate(model, p[None], cache="dllm_cache", **kw)
-        assert batch.tokens[i].tolist() == single.tokens[0].tolist(), f"row {i} differs ({kw})"
-        assert batch.nfe_per_row[i] == single.nfe, f"row {i} nfe differs ({kw})"
-        for k, v in single.stats.items():
-            total[k] = total.get(k, 0) + v
-    assert batch.stats == total
+    batch, singles = rows_equal_single(model, prompts, cache="dllm_cache", **kw)
+    assert batch.stats == summed_stats(singles)
     return batch
-
-
-def _gqa(arch, d_model=48, seed=3):
-    """A random GQA model (8 query heads on 2 KV heads), d_model not a multiple of 7 KV widths."""
-    raw = {"model_type": "llada", "d_model": d_model, "n_layers": 3, "n_heads": 8, "n_kv_heads": 2,
-           "mlp_hidden_size": 96, "vocab_size": 200, "embedding_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0} if arch == "llada" else \
-          {"model_type": "Dream", "hidden_size": d_model, "num_hidden_layers": 3, "num_attention_heads": 8,
-           "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0}
-    model = build_model(raw, seed=seed)
-    with torch.no_grad():  # sharpen the random model so confidences spread over 0..1
-        model.lm_head.weight.mul_(40)
-    return model
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
@@ -59,7 +34,7 @@ def _gqa(arch, d_model=48, seed=3):
 ])
 def test_lossless_settings_equal_no_cache(models, arch, args):
     model = models[arch]
-    prompt = _prompts(380, [11], seed=5)[0][None]
+    prompt = random_prompts([11], seed=5)[0][None]
     kw = dict(gen_length=16, block_length=8 if arch == "llada" else None, steps=16, decoding="fixed")
     ref = generate(model, prompt, cache="none", **kw)
     got = generate(model, prompt, cache="dllm_cache", **kw, **args)
@@ -70,7 +45,7 @@ def test_lossless_settings_equal_no_cache(models, arch, args):
 def test_caching_changes_tokens_and_skips_computation(models):
     """The default setting really reuses features (else every test above passes trivially)."""
     model = models["llada"]
-    prompt = _prompts(380, [20], seed=6)[0][None]
+    prompt = random_prompts([20], seed=6)[0][None]
     kw = dict(gen_length=32, block_length=8, steps=32, decoding="fixed")
     ref = generate(model, prompt, cache="none", **kw)
     got = generate(model, prompt, cache="dllm_cache", **kw)
@@ -103,7 +78,7 @@ def test_batch_rows_equal_batch_one(models, arch, decoding):
     kw = dict(gen_length=16, block_length=8, steps=16, decoding=decoding, **ARGS)
     if decoding == "threshold":  # the trained fixtures are confident: lower thresholds decode whole blocks
         kw["threshold"] = {"llada": 0.9, "dream": 0.7}[arch]
-    batch = _check_rows(models[arch], _prompts(380, [5, 17, 11]), **kw)
+    batch = _check_rows(models[arch], random_prompts([5, 17, 11]), **kw)
     if decoding == "threshold":  # rows finish blocks at different steps: their schedules drift apart
         assert len(set(batch.nfe_per_row)) > 1
 
@@ -111,7 +86,7 @@ def test_batch_rows_equal_batch_one(models, arch, decoding):
 @pytest.mark.parametrize("decoding", ["fixed", "threshold"])
 def test_dream_whole_sequence_batch(models, decoding):
     kw = {"threshold": 0.7} if decoding == "threshold" else {}
-    batch = _check_rows(models["dream"], _prompts(380, [5, 17, 11]), gen_length=16, block_length=None,
+    batch = _check_rows(models["dream"], random_prompts([5, 17, 11]), gen_length=16, block_length=None,
                 steps=8, decoding=decoding, **ARGS, **kw)
     if decoding == "threshold":
         assert len(set(batch.nfe_per_row)) > 1
@@ -120,7 +95,7 @@ def test_dream_whole_sequence_batch(models, decoding):
 @pytest.mark.parametrize("decoding", ["fixed", "threshold"])
 def test_guidance_batch(models, decoding):
     kw = {"threshold": 0.9} if decoding == "threshold" else {}
-    batch = _check_rows(models["llada"], _prompts(380, [7, 15], seed=2), gen_length=16, block_length=8,
+    batch = _check_rows(models["llada"], random_prompts([7, 15], seed=2), gen_length=16, block_length=8,
                         steps=16, decoding=decoding, cfg_scale=1.0, cfg_interval_steps=3, trace=True, **ARGS, **kw)
     assert batch.nfe > len(batch.trace)  # the unconditional stream ran on some steps
     if decoding == "threshold":  # rows refresh their guidance at different calls
@@ -130,8 +105,8 @@ def test_guidance_batch(models, decoding):
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 def test_gqa_model(arch):
     """The authors' LLaDA hooks crash on GQA and their Dream K update assumes a 7B width."""
-    model = _gqa(arch)
-    prompts = _prompts(198, [6, 2, 10], seed=4)
+    model = gqa_model(arch, d_model=48, n_layers=3)  # d_model not a multiple of 7 KV widths
+    prompts = random_prompts([6, 2, 10], seed=4, hi=198)
     kw = dict(gen_length=12, block_length=4, steps=12)
     _check_rows(model, prompts, decoding="threshold", threshold=0.5, **kw, **ARGS)
     _check_rows(model, prompts, decoding="fixed", **kw, **ARGS)
@@ -153,7 +128,7 @@ def test_mask_token_never_decoded():
         model.norm.weight[0] = 1.0
         model.lm_head.weight[mask] = 0
         model.lm_head.weight[mask, 0] = 1e3
-    prompt = _prompts(380, [9], seed=7)[0][None]
+    prompt = random_prompts([9], seed=7)[0][None]
     assert int(model(prompt).argmax(-1).eq(mask).sum()) == 9
     for decoding, kw in [("fixed", {}), ("threshold", {"threshold": 0.9})]:
         res = generate(model, prompt, gen_length=16, block_length=8, steps=16, cache="dllm_cache",

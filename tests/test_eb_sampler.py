@@ -7,19 +7,15 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from dllm_bench import build_model, generate, load_model
+from dllm_bench import generate, load_model
 from dllm_bench.decoding.graphs import clear_static_buffers
+from engine_helpers import gqa_model, put_mask_on_top, random_prompts, rows_equal_single, summed_stats
 from fixture_paths import DREAM_TINY, LLADA_TINY
 
 
 @pytest.fixture(scope="module")
 def models():
     return {"llada": load_model(LLADA_TINY), "dream": load_model(DREAM_TINY)}
-
-
-def _prompts(lengths, seed=0, hi=380):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, hi, (n,), generator=g) for n in lengths]
 
 
 def eb_direct(model, prompt, gamma, gen_length):
@@ -46,7 +42,7 @@ def eb_direct(model, prompt, gamma, gen_length):
 @pytest.mark.parametrize("gamma", [0.0, 0.01, 0.3, 3.0])
 def test_dream_equals_direct_transcription(models, gamma):
     model = models["dream"]
-    for p in _prompts([6, 13], seed=7):
+    for p in random_prompts([6, 13], seed=7):
         want, nfe = eb_direct(model, p, gamma, 16)
         assert not (want == model.config.mask_token_id).any()  # the direct loop finished
         res = generate(model, p[None], gen_length=16, block_length=None, cache="none", decoding="eb_sampler",
@@ -56,22 +52,15 @@ def test_dream_equals_direct_transcription(models, gamma):
 
 def check_rows(model, prompts, **kw):
     """Rows of the left-padded batch equal their batch-size-1 runs (tokens, forwards, counters)."""
-    batch = generate(model, prompts, decoding="eb_sampler", **kw)
-    total = {}
-    for i, p in enumerate(prompts):
-        single = generate(model, p[None], decoding="eb_sampler", **kw)
-        assert batch.tokens[i].tolist() == single.tokens[0].tolist(), f"row {i} differs ({kw})"
-        assert batch.nfe_per_row[i] == single.nfe, f"row {i} nfe differs ({kw})"
-        for k, v in single.stats.items():
-            total[k] = max(total.get(k, 0), v) if k == "max_k" else total.get(k, 0) + v
-    assert batch.stats == total
+    batch, singles = rows_equal_single(model, prompts, decoding="eb_sampler", **kw)
+    assert batch.stats == summed_stats(singles, maxed=("max_k",))
     return batch
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 @pytest.mark.parametrize("cache,block_length", [("none", None), ("none", 8), ("prefix", 8), ("dual", 8)])
 def test_batch_rows_equal_batch_one(models, arch, cache, block_length):
-    res = check_rows(models[arch], _prompts([5, 17, 11]), gen_length=16, block_length=block_length,
+    res = check_rows(models[arch], random_prompts([5, 17, 11]), gen_length=16, block_length=block_length,
                      cache=cache, gamma=0.3)
     assert res.stats["steps_single"] > 0 and res.stats["steps_multi"] > 0
 
@@ -80,26 +69,21 @@ def test_batch_rows_equal_batch_one(models, arch, cache, block_length):
 def test_batch_with_guidance(models, cache):
     """cfg_scale > 0: one forward on the doubled batch per step, the prompt masked in the
     unconditional rows (LLaDA's convention; the golden cases check it at batch size 1)."""
-    res = check_rows(models["llada"], _prompts([4, 10], seed=3), gen_length=16, block_length=8, cache=cache,
+    res = check_rows(models["llada"], random_prompts([4, 10], seed=3), gen_length=16, block_length=8, cache=cache,
                      gamma=0.3, cfg_scale=1.0, trace=True)
     assert res.nfe == len(res.trace)  # one model call per step
 
 
 def test_batch_gqa_random_model():
-    raw = {"model_type": "Dream", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8,
-           "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0}
-    model = build_model(raw, seed=3)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40)
+    model = gqa_model("dream")
     for cache in ["none", "dual"]:
-        check_rows(model, _prompts([6, 2, 10], seed=4, hi=198), gen_length=12, block_length=4, cache=cache,
+        check_rows(model, random_prompts([6, 2, 10], seed=4, hi=198), gen_length=12, block_length=4, cache=cache,
                    gamma=0.1)
 
 
 def test_gamma_extremes(models):
     """gamma 0 admits one token per forward; a huge gamma commits a whole block in one forward."""
-    p = _prompts([8], seed=9)[0][None]
+    p = random_prompts([8], seed=9)[0][None]
     one = generate(models["llada"], p, gen_length=16, block_length=None, decoding="eb_sampler", gamma=0.0)
     assert one.nfe == 16 and one.stats["steps_single"] == 16 and one.stats["max_k"] == 1
     allin = generate(models["llada"], p, gen_length=16, block_length=8, decoding="eb_sampler", gamma=1e6)
@@ -109,7 +93,7 @@ def test_gamma_extremes(models):
 @pytest.mark.parametrize("cache", ["none", "dual"])
 def test_static_path_equals_eager(models, cache):
     kw = dict(gen_length=16, block_length=8, cache=cache, decoding="eb_sampler", gamma=0.3)
-    prompts = _prompts([7, 12], seed=5)
+    prompts = random_prompts([7, 12], seed=5)
     for model in models.values():
         eager = generate(model, prompts, **kw)
         static = generate(model, prompts, graphs=True, **kw)
@@ -121,16 +105,9 @@ def test_static_path_equals_eager(models, cache):
 def test_mask_token_never_committed(arch):
     """A model whose top prediction is always [MASK]: the reference loops forever; the engine commits
     the best other token and finishes in at most one forward per token."""
-    model = load_model(LLADA_TINY if arch == "llada" else DREAM_TINY)
+    model = put_mask_on_top(load_model(LLADA_TINY if arch == "llada" else DREAM_TINY))
     mask = model.config.mask_token_id
-
-    def mask_on_top(module, args, out):
-        out = out.clone()
-        out[..., mask] = out.max(-1).values + 5.0
-        return out
-
-    model.register_forward_hook(mask_on_top)
-    res = generate(model, _prompts([5, 9], seed=6), gen_length=16, block_length=None, decoding="eb_sampler")
+    res = generate(model, random_prompts([5, 9], seed=6), gen_length=16, block_length=None, decoding="eb_sampler")
     assert not (res.tokens == mask).any() and res.nfe <= 16
 
 

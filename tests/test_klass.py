@@ -5,8 +5,9 @@ code is tests/test_golden.py's (methods/klass.json)."""
 import pytest
 import torch
 
-from dllm_bench import build_model, generate, load_model
+from dllm_bench import generate, load_model
 from dllm_bench.decoding.rules.klass import Klass
+from engine_helpers import gqa_model, put_mask_on_top, random_prompts, rows_equal_single, summed_stats
 from fixture_paths import DREAM_TINY, LLADA_TINY
 
 SETTING = dict(conf_threshold=0.1, kl_threshold=0.5)  # the tiny random models reach both branches
@@ -17,30 +18,18 @@ def models():
     return {"llada": load_model(LLADA_TINY), "dream": load_model(DREAM_TINY)}
 
 
-def _prompts(lengths, seed=0, hi=380):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, hi, (n,), generator=g) for n in lengths]
-
-
 def check_rows(model, prompts, **kw):
     """Each row of the left-padded batch equals its batch-size-1 run: tokens, forwards, and the
     batch's counters are the sums of the rows' counters."""
-    batch = generate(model, prompts, decoding="klass", **kw)
-    total = {}
-    for i, p in enumerate(prompts):
-        single = generate(model, p[None], decoding="klass", **kw)
-        assert batch.tokens[i].tolist() == single.tokens[0].tolist(), f"row {i} differs ({kw})"
-        assert batch.nfe_per_row[i] == single.nfe, f"row {i} nfe differs ({kw})"
-        for k, v in single.stats.items():
-            total[k] = total.get(k, 0) + v
-    assert batch.stats == total
+    batch, singles = rows_equal_single(model, prompts, decoding="klass", **kw)
+    assert batch.stats == summed_stats(singles)
     return batch
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_batch_rows_equal_batch_one(models, arch, cache):
-    res = check_rows(models[arch], _prompts([5, 17, 11]), gen_length=16, block_length=8, steps=16,
+    res = check_rows(models[arch], random_prompts([5, 17, 11]), gen_length=16, block_length=8, steps=16,
                      cache=cache, **SETTING)
     assert res.stats["steps_rule"] > 0 and res.stats["steps_fallback"] > 0  # both branches ran
 
@@ -48,7 +37,7 @@ def test_batch_rows_equal_batch_one(models, arch, cache):
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 @pytest.mark.parametrize("strategy", ["max_conf", "min_kl"])
 def test_batch_one_token_strategies(models, arch, strategy):
-    res = check_rows(models[arch], _prompts([9, 3, 14], seed=1), gen_length=16, block_length=8, steps=16,
+    res = check_rows(models[arch], random_prompts([9, 3, 14], seed=1), gen_length=16, block_length=8, steps=16,
                      cache="none", conf_threshold=0.0, kl_threshold=1.0, kl_history_length=1,
                      unmask_strategy=strategy)
     assert res.stats["steps_rule_select_one"] > 0
@@ -57,32 +46,27 @@ def test_batch_one_token_strategies(models, arch, strategy):
 
 def test_batch_with_guidance(models):
     """cfg_scale > 0 (not in the authors' code): the guided logits feed the histories."""
-    check_rows(models["llada"], _prompts([4, 10], seed=6), gen_length=16, block_length=8, steps=16,
+    check_rows(models["llada"], random_prompts([4, 10], seed=6), gen_length=16, block_length=8, steps=16,
                cache="dual", cfg_scale=1.0, **SETTING)
 
 
 def test_batch_dream_whole_sequence_with_top_p(models):
     """Dream's own schedule (no block length, no cache): one-token fallback on top-p confidences."""
-    check_rows(models["dream"], _prompts([4, 12, 7], seed=2), gen_length=16, block_length=None, steps=16,
+    check_rows(models["dream"], random_prompts([4, 12, 7], seed=2), gen_length=16, block_length=None, steps=16,
                cache="none", top_p=0.95, **SETTING)
 
 
 def test_batch_llada_quota_with_leftover_masks(models):
     """steps < gen_length: quota 2 per step; a rule step that commits fewer leaves masks behind."""
-    res = check_rows(models["llada"], _prompts([6, 2, 10], seed=3), gen_length=16, block_length=8, steps=8,
+    res = check_rows(models["llada"], random_prompts([6, 2, 10], seed=3), gen_length=16, block_length=8, steps=8,
                      cache="dual", conf_threshold=0.05, kl_threshold=2.0)
     assert res.stats["steps_rule"] > 0
 
 
 def test_batch_gqa_random_model():
-    raw = {"model_type": "llada", "d_model": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2,
-           "mlp_hidden_size": 96, "vocab_size": 200, "embedding_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0}
-    model = build_model(raw, seed=3)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40)
+    model = gqa_model()
     for cache in ["none", "dual"]:
-        check_rows(model, _prompts([6, 2, 10], seed=4, hi=198), gen_length=12, block_length=4, steps=12,
+        check_rows(model, random_prompts([6, 2, 10], seed=4, hi=198), gen_length=12, block_length=4, steps=12,
                    cache=cache, conf_threshold=0.5, kl_threshold=0.05)
 
 
@@ -92,7 +76,7 @@ def test_history_of_positions_a_cached_step_does_not_feed(models, cache, frozen)
     were until the next refresh feeds them. Prefix and no cache feed them every step."""
     rule = Klass(**SETTING)
     snaps = []
-    generate(models["llada"], _prompts([7])[0][None], gen_length=16, block_length=8, steps=16, cache=cache,
+    generate(models["llada"], random_prompts([7])[0][None], gen_length=16, block_length=8, steps=16, cache=cache,
              decoding=rule, on_step=lambda info: snaps.append((info.block, info.step, rule.hist.clone())))
     block0 = [h for b, _, h in snaps if b == 0]
     assert len(block0) > 2
@@ -108,16 +92,9 @@ def test_history_of_positions_a_cached_step_does_not_feed(models, cache, frozen)
 def test_mask_token_never_committed(arch):
     """A model whose top prediction is always [MASK]: the reference would commit it (LLaDA leaves the
     position masked, Dream loops on); the engine commits the best other token."""
-    model = load_model(LLADA_TINY if arch == "llada" else DREAM_TINY)
+    model = put_mask_on_top(load_model(LLADA_TINY if arch == "llada" else DREAM_TINY))
     mask = model.config.mask_token_id
-
-    def mask_on_top(module, args, out):
-        out = out.clone()
-        out[..., mask] = out.max(-1).values + 5.0
-        return out
-
-    model.register_forward_hook(mask_on_top)
-    res = generate(model, _prompts([5, 9], seed=5), gen_length=16, block_length=8, steps=16, cache="none",
+    res = generate(model, random_prompts([5, 9], seed=5), gen_length=16, block_length=8, steps=16, cache="none",
                    decoding="klass", **SETTING)
     assert not (res.tokens == mask).any()
 

@@ -11,16 +11,8 @@ from dllm_bench.job import run_job
 from dllm_bench.metrics.kv_similarity import KINDS, PAIRS, REGIONS, KVSimilarity
 from fixture_paths import DREAM_TINY, LLADA_TINY, ROOT
 
-pytestmark = needs_fixtures
+pytestmark = [needs_fixtures, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and does not fight other jobs for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 GEN = dict(gen_length=16, block_length=8, steps=16, decoding="fixed")
 
 

@@ -23,15 +23,7 @@ from dllm_bench.tasks import Score
 from dllm_bench.tokenizer import build_tokenizer
 from fixture_paths import DREAM_TINY, LLADA_TINY, ROOT
 
-pytestmark = needs_fixtures
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [needs_fixtures, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

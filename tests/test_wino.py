@@ -14,6 +14,7 @@ import torch
 from dllm_bench import build_model, generate, load_model
 from dllm_bench.models.kv import Where
 from conftest import count_forwards
+from engine_helpers import gqa_model, random_prompts, rows_equal_single
 from fixture_paths import DREAM_TINY, FIXTURES, LLADA_TINY
 
 GOLDEN = json.loads((FIXTURES / "methods" / "wino.json").read_text())
@@ -22,11 +23,6 @@ GOLDEN = json.loads((FIXTURES / "methods" / "wino.json").read_text())
 @pytest.fixture(scope="module")
 def llada(counted_llada):
     return counted_llada
-
-
-def _prompts(lengths, seed=0, hi=380):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, hi, (n,), generator=g) for n in lengths]
 
 
 @torch.no_grad()
@@ -91,7 +87,7 @@ SETTINGS = [  # (gen_length, block_length, threshold, threshold_back): all re-ma
 def test_engine_equals_oracle(llada, cache, setting):
     g, b, t, tb = setting
     remasked = 0
-    for prompt in _prompts([7, 19], seed=g + b):
+    for prompt in random_prompts([7, 19], seed=g + b):
         tokens, nfe, trace = oracle(llada, prompt.tolist(), gen_length=g, block_length=b, threshold=t,
                                     threshold_back=tb, cache=cache)
         res = generate(llada, prompt[None], gen_length=g, block_length=b, cache=cache, decoding="wino",
@@ -139,11 +135,9 @@ def test_golden_cases_finish_within_gen_length_forwards():
 
 
 def _check_rows(model, prompts, **kw):
-    batch = generate(model, prompts, decoding="wino", **kw)
-    for i, p in enumerate(prompts):
-        single = generate(model, p[None], decoding="wino", **kw)
-        assert batch.tokens[i].tolist() == single.tokens[0].tolist(), f"row {i} differs ({kw})"
-        assert batch.nfe_per_row[i] == single.nfe <= kw["gen_length"], f"row {i} nfe differs ({kw})"
+    batch, singles = rows_equal_single(model, prompts, decoding="wino", **kw)
+    for i, single in enumerate(singles):
+        assert single.nfe <= kw["gen_length"], f"row {i} nfe above gen_length ({kw})"
         assert batch.remasked_per_row[i] == single.remasked_per_row[0], f"row {i} re-masks differ ({kw})"
     assert sum(batch.remasked_per_row) == batch.stats["remask_events"]
     return batch
@@ -151,26 +145,21 @@ def _check_rows(model, prompts, **kw):
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_batch_rows_equal_batch_one(llada, cache):
-    b = _check_rows(llada, _prompts([5, 17, 11]), gen_length=32, block_length=8, cache=cache, threshold=0.3,
+    b = _check_rows(llada, random_prompts([5, 17, 11]), gen_length=32, block_length=8, cache=cache, threshold=0.3,
                     threshold_back=0.99)
     assert sum(b.remasked_per_row) > 0
 
 
 def test_batch_rows_equal_batch_one_guided(llada):
     """Classifier-free guidance applies to the shadow's logits too (LLaDA's doubled batch)."""
-    _check_rows(llada, _prompts([4, 9], seed=5), gen_length=16, block_length=8, cache="dual", threshold=0.4,
+    _check_rows(llada, random_prompts([4, 9], seed=5), gen_length=16, block_length=8, cache="dual", threshold=0.4,
                 threshold_back=0.95, cfg_scale=1.0)
 
 
 def test_gqa_random_model_batch_invariance():
-    raw = {"model_type": "llada", "d_model": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2,
-           "mlp_hidden_size": 96, "vocab_size": 200, "embedding_size": 200, "mask_token_id": 199,
-           "eos_token_id": 198, "pad_token_id": 198, "rope_theta": 10000.0}
-    model = build_model(raw, seed=3)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40)
+    model = gqa_model()
     for cache in ["none", "dual"]:
-        _check_rows(model, _prompts([6, 2, 10], seed=4, hi=198), gen_length=12, block_length=4, cache=cache,
+        _check_rows(model, random_prompts([6, 2, 10], seed=4, hi=198), gen_length=12, block_length=4, cache=cache,
                     threshold=0.5, threshold_back=0.9)
 
 
@@ -186,7 +175,7 @@ def test_mask_token_never_decoded(bias):
     push = torch.zeros(100)
     push[99] = bias
     model.register_forward_hook(lambda m, a, out: out + push)
-    res = generate(model, _prompts([6, 3], hi=98), gen_length=24, block_length=8, decoding="wino",
+    res = generate(model, random_prompts([6, 3], hi=98), gen_length=24, block_length=8, decoding="wino",
                    threshold=0.3, threshold_back=0.9)
     assert not (res.tokens == 99).any() and max(res.nfe_per_row) <= 24
 
@@ -197,7 +186,7 @@ def test_extra_tokens_are_attended_but_never_stored():
     logits as without it (sequence positions never see the shadow); the shadow reads the cache."""
     model = load_model(LLADA_TINY, dtype=torch.float64)
     mask, E, s = model.config.mask_token_id, 8, 10
-    x = torch.cat([_prompts([10])[0], torch.full((16,), mask)])[None]
+    x = torch.cat([random_prompts([10])[0], torch.full((16,), mask)])[None]
     L = x.shape[1]
     caches = [model.new_cache(1, L), model.new_cache(1, L)]
     for kv in caches:
