@@ -221,8 +221,7 @@ def step_window(cache, batch: int, length: int, block_start: int, block_end: int
     state = DecodeState(model=None, x=x, prompt_len=block_start, gen_length=L - block_start,
                         block_length=block_end - block_start, steps=None, blocked=True, key_mask=None,
                         position_ids=None, start=block_start, end=block_end, step=1)
-    plan = cache.plan(state)
-    return plan.start, L if plan.end is None else plan.end
+    return cache.plan(state).window(L)
 
 
 def step_fn(model, cache, x, block_start: int, block_end: int, graphs: bool):

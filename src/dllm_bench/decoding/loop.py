@@ -74,16 +74,15 @@ class _Forward:
         return torch.cat([x, un]), dup(pos), dup(km)
 
     def fast(self, plan: Plan, ts: int, te: int) -> bool:
-        end = self.state.length if plan.end is None else plan.end
-        return plan.index is None and plan.start <= ts and te <= end
+        window = plan.window(self.state.length)
+        return window is not None and window[0] <= ts and te <= window[1]
 
     def target_rows(self, plan: Plan, ts: int, te: int):
         """(rows (B, W) of the fed tokens giving each target's logits, fresh (B, W))."""
         st = self.state
         B, L = st.batch, st.length
         if plan.index is None:
-            end = L if plan.end is None else plan.end
-            qpos = torch.arange(plan.start, end, device=st.device).expand(B, -1)
+            qpos = torch.arange(*plan.window(L), device=st.device).expand(B, -1)
             qvalid = None
         else:
             qpos, qvalid = plan.index, plan.valid
@@ -106,8 +105,7 @@ class _Forward:
         x, pos_ids, key_mask = self.inputs(rows)
         n = x.shape[0]
         if plan.index is None:
-            start = plan.start
-            end = L if plan.end is None else plan.end
+            start, end = plan.window(L)
             ids = x[:, start:end]
             pos = None if pos_ids is None else pos_ids[:, start:end]
             where = Where(start=start)
@@ -142,8 +140,8 @@ class _Forward:
             top = torch.cat([km[:, None, :].expand(n, T, L), torch.zeros((n, T, E), dtype=torch.bool, device=st.device)], 2)
             bottom = torch.cat([sees_main & km[:, None, :], sees_extra], 2)
             mask = torch.cat([top, bottom], 1)  # (n, T + E, L + E)
-            if pos is None:
-                pos = torch.arange(start, start + T, device=st.device).expand(n, T) if start is not None else ids.new_zeros(0)
+            if pos is None:  # a window without padding (an index plan always has positions)
+                pos = torch.arange(start, start + T, device=st.device).expand(n, T)
             ids, pos = torch.cat([ids, e_ids], 1), torch.cat([pos, e_pos], 1)
             where = Where(start=where.start, index=where.index, valid=where.valid, n_extra=E)
             rows_idx = torch.cat([rows_idx, torch.arange(T, T + E, device=st.device).expand(n, E)], 1)
@@ -161,8 +159,8 @@ def _work(state: DecodeState, plan: Plan, extra: Extra | None):
     real = state.key_mask
     total = L if real is None else real.sum(-1)
     if plan.index is None:
-        end = L if plan.end is None else plan.end
-        fed = end - plan.start if real is None else real[:, plan.start:end].sum(-1)
+        start, end = plan.window(L)
+        fed = end - start if real is None else real[:, start:end].sum(-1)
     else:
         ok = torch.ones_like(plan.index, dtype=torch.bool) if plan.valid is None else plan.valid
         if real is not None:
@@ -283,15 +281,15 @@ def block_loop(state: DecodeState, cache: Cache, rule: Rule, *, stop_at_eos: boo
                 remasked_row += remask.sum(-1)
             tgt.copy_(new)  # no host sync
             cache.after_step(state, plan)
+            window = plan.window(L) if records is not None or on_step is not None else None
             if records is not None:
-                rec = {"block": b, "step": state.step, "window": None if plan.index is not None else
-                       [plan.start, L if plan.end is None else plan.end], "accepted": unmask.sum(-1).tolist(),
+                rec = {"block": b, "step": state.step, "window": window and list(window),
+                       "accepted": unmask.sum(-1).tolist(),
                        "accepted_confidence": [pred.conf[i][unmask[i]].tolist() for i in range(B)]}
                 if remask is not None:
                     rec["remasked"] = remask.sum(-1).tolist()
                 records.append(rec)
             if on_step is not None:
-                window = None if plan.index is not None else (plan.start, L if plan.end is None else plan.end)
                 on_step(StepInfo(b, state.step, s, e, window, x, unmask, pred.conf, remask, (ts, te), plan))
             state.step += 1
         if stop_at_eos and cfg.eos_token_id is not None and b < state.n_blocks - 1:

@@ -95,6 +95,10 @@ class Plan:
         """What identifies this forward's shape for a replayed CUDA graph (windows only)."""
         return (self.start, self.end) if self.index is None else None
 
+    def window(self, length: int) -> tuple[int, int] | None:
+        """[start, end) fed in a sequence of ``length`` positions (None for an index plan)."""
+        return None if self.index is not None else (self.start, length if self.end is None else self.end)
+
 
 @dataclass(frozen=True)
 class Extra:

@@ -46,10 +46,10 @@ def count_forward(state: DecodeState, plan: Plan) -> None:
     """Record one forward of ``plan`` in the reference's counters: its kind (F full / C cached) and
     its fed width (padding included, as the reference counts). The engine counts the
     hardware-independent ``layer_tokens_*`` for every plan."""
-    full = plan.index is None
+    window = plan.window(state.length)
     extras = state.extras
-    extras["forward_kinds"] = extras.get("forward_kinds", "") + ("F" if full else "C")
-    width = ((state.length if plan.end is None else plan.end) - plan.start) if full else plan.index.shape[1]
+    extras["forward_kinds"] = extras.get("forward_kinds", "") + ("F" if window else "C")
+    width = window[1] - window[0] if window else plan.index.shape[1]
     state.count("tokens_computed_per_row", width)
 
 
