@@ -159,7 +159,9 @@ def cache_names(args) -> list[str]:
     return list(CACHES) if args.caches == "all" else args.caches.split(",")
 
 
-def validate(args) -> torch.device:
+def validate(args):
+    """(device, the model's ModelConfig or None for a hub id): every option checked, and every cache
+    with the rule on that model family, before anything is built."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda requested but no CUDA GPU is available on this machine")
@@ -168,39 +170,38 @@ def validate(args) -> torch.device:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.gen_length % args.block_length:
         raise SystemExit(f"error: --gen-length {args.gen_length} is not a multiple of --block-length {args.block_length}")
-    arch = model_family(args)
+    config = model_config(args)
     try:
         for name in cache_names(args):  # every plugin built once: bad names / arguments / pairs fail here
             pair = build_plugins(name, args.decoding, **plugin_args(args))
-            if arch and (why := pair_unsupported(*pair, arch)):
+            if config and (why := pair_unsupported(*pair, config.arch)):
                 raise ValueError(why)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     resolve_dtype(args.dtype)
-    return device
+    return device, config
 
 
-def model_family(args) -> str | None:
-    """The model family ("llada" / "dream") read from the config alone, where that is local (None for
-    a hub id: the engine checks the pairs again once the model is loaded)."""
-    from .models.loading import family_of, read_config
+def model_config(args):
+    """The model's ModelConfig from its config alone: a local folder's config.json, a preset or
+    ``--config`` (None for a hub id: the engine checks the pairs again once the model is loaded)."""
+    from .models.loading import family_of, local_config
 
     try:
         if args.model:
-            return read_config(args.model)[1].arch if Path(args.model).is_dir() else None
+            return local_config(args.model)
         raw = PRESETS[args.random_weights] if args.random_weights else json.loads(Path(args.config).read_text())
-        return family_of(raw).parse_config(raw).arch
+        return family_of(raw).parse_config(raw)
     except (ValueError, OSError, TypeError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
-def build(args, device):
+def build(args, device, config):
+    """The model to time: a checkpoint loaded, or random weights of ``config`` (refused when it would
+    not fit the device's memory)."""
     dtype = resolve_dtype(args.dtype)
     if args.model:
         return load_model(args.model, device=device, dtype=dtype), args.model
-    raw = PRESETS[args.random_weights] if args.random_weights else json.loads(open(args.config).read())
-    from .models.loading import family_of
-    config = family_of(raw).parse_config(raw)
     need = estimate_bytes(config, args.batch_size, args.prompt_length + args.gen_length, dtype)
     have = available_bytes(device)
     if need > have:
@@ -396,11 +397,11 @@ def measure(model, args, device) -> dict:
 
 
 def run(args) -> dict:
-    device = validate(args)
+    device, config = validate(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, source = build(args, device)
+    model, source = build(args, device, config)
     return {"model": source, **measure(model, args, device)}
 
 

@@ -191,6 +191,12 @@ def load_model(path_or_hub_id, *, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
+def local_config(path) -> ModelConfig | None:
+    """The checked ModelConfig of a local checkpoint folder's config.json (None when ``path`` is not a
+    folder, e.g. a hub id: its config comes with ``load_model``)."""
+    return read_config(path)[1] if path is not None and Path(path).is_dir() else None
+
+
 def check_checkpoint(folder: str | os.PathLike):
     """Everything ``load_model`` checks before reading a tensor (config.json, the weight files and
     the shard index): a one-line error, or the ModelConfig. Cheap: no weights are read."""

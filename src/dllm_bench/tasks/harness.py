@@ -73,14 +73,13 @@ def _dist_env() -> tuple[int, int, int]:
 
 def _local_family(pretrained) -> str | None:
     """The model family of a local checkpoint folder's config.json (None for a hub id)."""
-    from ..models.loading import read_config
+    from ..models.loading import local_config
 
-    if pretrained is None or not Path(pretrained).is_dir():
-        return None
     try:
-        return read_config(pretrained)[1].arch
+        config = local_config(pretrained)
     except (ValueError, OSError):
         return None  # load_model reports it
+    return config and config.arch
 
 
 class DllmBenchLM(LM):
