@@ -104,12 +104,13 @@ def _measure(cfg, prep: Prepared) -> tuple[dict, list[dict], dict, dict]:
     metrics = build_metrics(model, OmegaConf.to_container(cfg.measure))
     reset_peak(device)
 
+    def post(i: int, ids):  # sample i's tokens -> (text, ...) under the evaluation protocol
+        return protocol.postprocess(ids, tok, stop_ids, task.stop_sequences, samples[i].meta.get("doc"))
+
     bar = tqdm(total=len(samples), desc=f"{cfg.model.name}/{cfg.cache.name}/{cfg.decoding.name}",
                disable=not cfg.progress, leave=False)
     rows, info = generate_all(model, tok, prompts, engine, batch_size=cfg.batch_size, generator=gen, metrics=metrics,
-                              postprocess=lambda i, ids: protocol.postprocess(ids, tok, stop_ids, task.stop_sequences,
-                                                                              samples[i].meta.get("doc")),
-                              progress=bar.update)
+                              postprocess=post, progress=bar.update)
     bar.close()
     peak = peak_memory_bytes(device)
     for row, s in zip(rows, samples):
@@ -160,8 +161,7 @@ def _measure(cfg, prep: Prepared) -> tuple[dict, list[dict], dict, dict]:
     run_extra_pass(metrics, model, prompts, engine, generate, generator=gen)  # after timing: never timed
 
     def score(indices: list[int], token_rows: list) -> list:
-        texts = [protocol.postprocess(ids, tok, stop_ids, task.stop_sequences, samples[i].meta.get("doc"))[0]
-                 for i, ids in zip(indices, token_rows)]
+        texts = [post(i, ids)[0] for i, ids in zip(indices, token_rows)]
         return list(zip(texts, score_all(task, [samples[i] for i in indices], texts)))
 
     view, files = JobView(rows, tok, _title(cfg), score), {}
