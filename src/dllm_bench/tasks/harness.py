@@ -56,10 +56,11 @@ _OTHER_ARGS = ("pretrained", "protocol", "instruct", "chat", "family", "dtype", 
 _PROCESS_SPEED: dict = {}  # this process's latest speed summary, for the all-ranks report at the end of main()
 
 
-def generate_kwargs(settings: dict, temperature: float, generator) -> dict:
-    """Keyword arguments of one ``dllm_bench.generate`` call from the adapter's generation settings
-    (the ``_GENERATE_ARGS`` model args) and a request's sampling: the one place they are built."""
-    kw = dict(settings, temperature=temperature, generator=generator)
+def generate_kwargs(settings: dict, temperature: float) -> dict:
+    """Keyword arguments of one ``dllm_bench.generate`` call (but the generator) from the adapter's
+    generation settings (the ``_GENERATE_ARGS`` model args) and a request's sampling: the one place
+    they are built."""
+    kw = dict(settings, temperature=temperature)
     if kw["decoding"] == "fixed" and kw["steps"] is None:
         kw["steps"] = kw["gen_length"]  # one token per step: the reference schedule
     return kw
@@ -246,37 +247,31 @@ class DllmBenchLM(LM):
         temperature = float(kwargs.get("temperature", 0.0) or 0.0) if kwargs.get("do_sample", False) else 0.0
         return {"until": until, "temperature": temperature}
 
-    def _sync(self) -> None:
-        import torch
-
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
-
     def _run_batch(self, prompts: list[list[int]], sampling: dict, requests: list, request_ids: list[int]) -> list[str]:
+        """One batch through the evaluation path the job uses (``dllm_bench.evaluate.generate_all``)."""
         import torch
 
         import dllm_bench
+        from ..evaluate import generate_all
 
         generator = torch.Generator(device=self._device).manual_seed(self.seed) if sampling["temperature"] else None
-        kw = generate_kwargs(self.gen_settings, sampling["temperature"], generator)
+        kw = generate_kwargs(self.gen_settings, sampling["temperature"])
         first = len(self.timings)
         with torch.inference_mode():
             if self.warmup and not self.timings:
                 warm = time.perf_counter()
-                dllm_bench.generate(self.model, prompts[:1], **kw)
+                dllm_bench.generate(self.model, prompts[:1], generator=generator, **kw)
                 self._wall_s -= time.perf_counter() - warm  # the speed summary leaves the warm-up out
-            self._sync()
-            start = time.perf_counter()
-            result = dllm_bench.generate(self.model, prompts, **kw)
-            self._sync()
-        latency_ms = (time.perf_counter() - start) * 1e3
+            rows, info = generate_all(
+                self.model, self.tokenizer, prompts, kw, batch_size=len(prompts), generator=generator,
+                postprocess=lambda i, ids: self.protocol.postprocess(ids, self.tokenizer, self.eos_ids, sampling["until"],
+                                                                     getattr(requests[i], "doc", None)))
+        latency_ms = info["wall_s"] * 1e3
         texts = []
-        for row, (ids, req, rid) in enumerate(zip(prompts, requests, request_ids)):
-            text, n = self.protocol.postprocess(result.tokens[row], self.tokenizer, self.eos_ids,
-                                                sampling["until"], getattr(req, "doc", None))
-            texts.append(text)
+        for ids, row, rid in zip(prompts, rows, request_ids):
+            texts.append(row["output"])
             record = {"request": rid, "batch": first, "batch_size": len(prompts), "prompt_tokens": len(ids),
-                      "generated_tokens": n, "nfe": result.nfe_per_row[row], "batch_latency_ms": latency_ms,
+                      "generated_tokens": row["n_generated_tokens"], "nfe": row["nfe"], "batch_latency_ms": latency_ms,
                       "prompt": self.tokenizer.decode(ids, skip_special_tokens=False)}
             self.timings.append(record)
             if self.timing_path:
